@@ -1,0 +1,35 @@
+# The two Quickstart commands are `make demo` and `make test`; everything else supports them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+MODEL_NAME ?= celltype-demo
+PORT ?= 8000
+
+.PHONY: setup demo test lint bench stack clean
+
+$(BIN)/celltype: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/celltype  ## create .venv with CPU torch and the project
+
+demo: setup  ## train on the bundled data, register, promote, then serve on :$(PORT)
+	bash scripts/demo.sh
+
+test: setup  ## the full test suite (starts PostgreSQL if needed)
+	bash scripts/ensure_postgres.sh
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/python -m ruff check .
+
+bench: setup  ## all benchmarks; results in docs/benchmarks.md
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache outputs
