@@ -8,6 +8,7 @@ dense or scipy-sparse alike, on CPU or CUDA.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class Predictor:
         self.model = bundle.build_model(self.device)
         self._classes = np.asarray(bundle.classes, dtype=object)
         self._alignments: OrderedDict[tuple[str, ...], GeneAlignment] = OrderedDict()
+        self._alignments_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -135,16 +137,18 @@ class Predictor:
         }
 
     def align(self, genes: Sequence[str] | None) -> GeneAlignment:
-        """Align input gene names to the model's (cached per gene list). ``None`` means the model's order."""
+        """Align input gene names to the model's (cached per gene list, thread-safe). ``None`` means the model's order."""
         key = tuple(self.genes if genes is None else (str(g) for g in genes))
-        alignment = self._alignments.get(key)
-        if alignment is None:
-            alignment = align_genes(key, self.genes, min_overlap=self.min_overlap)
+        with self._alignments_lock:
+            alignment = self._alignments.get(key)
+            if alignment is not None:
+                self._alignments.move_to_end(key)
+                return alignment
+        alignment = align_genes(key, self.genes, min_overlap=self.min_overlap)
+        with self._alignments_lock:
             self._alignments[key] = alignment
             if len(self._alignments) > 64:
                 self._alignments.popitem(last=False)
-        else:
-            self._alignments.move_to_end(key)
         return alignment
 
     def transform(
