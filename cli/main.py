@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from model.errors import CellTypeError
 
-COMMAND_MODULES = ("training.cli", "training.registry_cli", "service.cli", "service.score_cli")
+COMMAND_MODULES = ("training.cli", "training.registry_cli", "service.cli", "service.score_cli", "training.adapt_cli")
 """Modules whose ``add_commands`` register subcommands, in the order they appear in ``--help``."""
 
 
