@@ -1,0 +1,1 @@
+"""Benchmarks of celltype; each module runs as ``python -m benchmarks.<name>``."""
