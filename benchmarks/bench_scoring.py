@@ -11,16 +11,16 @@ over the process tree (the command and its Dask workers), sampled from ``/proc``
 
 The peer is CellTypist 1.7.1 (``celltypist.annotate``, its defaults, no majority voting) on the same
 cells, log1p(CP10k)-normalized for it, with a small model trained by ``celltypist.train`` on 5,000 of
-them. It runs in a subprocess from a separate folder (``--celltypist-env``, installed there with pip
-on first use: CellTypist needs ``scikit-learn<1.8``); its time covers ``annotate`` only (cells already in
-memory and normalized), which flatters it. A size whose dense copy would not fit in the available
+them. It runs in a subprocess from a separate folder (``--celltypist-env``, installed there with pip on
+first use: CellTypist needs ``scikit-learn<1.8``). Its end-to-end row is the whole subprocess (start,
+reading the same rows of the same file, normalizing, annotating), comparable to ours; its annotate-only
+row times that call alone, its best case. A size whose dense copies would not fit in the available
 memory is skipped, with the reason.
 
     python -m benchmarks.bench_scoring [--cells 1000000] [--quick] [--write] [--skip-celltypist]
 
-``--quick`` measures 100k cells only; ``--repeat N`` keeps the fastest of N runs of each configuration (the
-machine may be shared). ``--write`` replaces the ``bench_scoring`` section of
-``docs/benchmarks.md``.
+``--quick`` measures 100k cells only; ``--repeat N`` keeps the fastest of N runs of each configuration
+(the machine may be shared). ``--write`` replaces the ``bench_scoring`` section of ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -323,12 +323,13 @@ def celltypist_runs(files: dict[int, Path], env_dir: Path, directory: Path) -> l
                 )
             )
             continue
-        _, _, peak, stdout = measure(
+        wall, cpu, peak, stdout = measure(
             [sys.executable, "-c", CELLTYPIST_SCRIPT, str(path), str(n_cells), str(model), "annotate"],
             env=env,
         )
         result = json.loads(stdout.strip().splitlines()[-1])
-        runs.append(Run("CellTypist", "annotate only", n_cells, result["seconds"], result["cpu"], None, peak))
+        runs.append(Run("CellTypist", "end to end", n_cells, wall, cpu, None, peak))
+        runs.append(Run("CellTypist", "annotate only", n_cells, result["seconds"], result["cpu"]))
     return runs
 
 
@@ -384,7 +385,8 @@ def render(runs: list[Run], context: dict[str, str], roofline: float) -> str:
         "cluster start, reading, checks, scoring, writing); `cells/s scoring` = the command's own summary "
         "(from model load to the output in place); `CPU s` = user + system time of the whole process tree, "
         "which barely depends on other jobs: on 2 idle cores the wall time cannot go below CPU s / 2. "
-        "CellTypist's rows time `annotate` alone on cells already normalized in memory.",
+        "CellTypist `end to end` is its whole subprocess (Python start, reading the same rows of the same "
+        "file, log-normalizing, `annotate`); `annotate only` times that call alone, its best case.",
         "",
         *goal_notes(runs),
     ]
@@ -415,12 +417,18 @@ def goal_notes(runs: list[Run]) -> list[str]:
             f"- Peak RSS < 2 GiB at every size: largest {_gib(peak)} GiB — "
             + ("met." if peak < GOAL_PEAK_RSS else "NOT met.")
         )
-    peers = {r.cells: r for r in runs if r.tool == "CellTypist" and not r.skipped}
-    for n_cells, peer in sorted(peers.items()):
-        mine = max((r.cells_per_s or 0 for r in ours if r.cells == n_cells), default=0.0)
+    peers = {(r.cells, r.mode): r for r in runs if r.tool == "CellTypist" and not r.skipped}
+    for (n_cells, mode), peer in sorted(peers.items()):
+        if mode == "end to end":
+            mine = max((r.cells_per_s or 0 for r in ours if r.cells == n_cells), default=0.0)
+            what = "end to end, both from the same .h5ad"
+        else:
+            mine = max((r.scoring_cells_per_s or 0 for r in ours if r.cells == n_cells), default=0.0)
+            what = "our scoring vs its annotate alone"
         notes.append(
-            f"- Faster than CellTypist at {n_cells:,} cells: {mine:,.0f} vs {peer.cells_per_s:,.0f} cells/s "
-            f"({mine / peer.cells_per_s:.1f}x) — " + ("met." if mine > peer.cells_per_s else "NOT met.")
+            f"- Faster than CellTypist at {n_cells:,} cells ({what}): {mine:,.0f} vs {peer.cells_per_s:,.0f} "
+            f"cells/s ({mine / peer.cells_per_s:.1f}x) — "
+            + ("met." if mine > peer.cells_per_s else "NOT met.")
         )
     return notes
 

@@ -24,7 +24,7 @@ from model.errors import InputError
 from model.genes import DEFAULT_MIN_OVERLAP, GeneAlignment, align_genes
 from model.preprocessing import as_matrix, check_input_kind, check_values, to_model_input
 
-DEFAULT_CHUNK_SIZE = 8192
+DEFAULT_CHUNK_SIZE = 1024
 """Cells per forward pass; bounds the dense working set to chunk_size x n_genes floats."""
 
 
