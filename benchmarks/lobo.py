@@ -56,8 +56,8 @@ def run_fold(data: Any, batch: str, seed: int, assignments: list[str]) -> dict[s
         "accuracy": scores["accuracy"],
         "n_scored": scores["n_scored"],
         "n_cells": scores["n_cells"],
-        "best_epoch": run.metrics["training"]["best_epoch"],
         "epochs_run": run.metrics["training"]["epochs_run"],
+        "final_weights": run.metrics["training"]["selected"],
         "seconds": seconds,
     }
 
@@ -74,8 +74,7 @@ def evaluate_dataset(path: Path, seeds: list[int], assignments: list[str], log: 
             folds.append(fold)
             print(
                 f"  {path.stem} seed {seed} held-out {batch}: macro-F1 {fold['macro_f1']:.3f} "
-                f"accuracy {fold['accuracy']:.3f} (best epoch {fold['best_epoch']}/{fold['epochs_run']}, "
-                f"{fold['seconds']:.1f} s)",
+                f"accuracy {fold['accuracy']:.3f} ({fold['epochs_run']} epochs, {fold['seconds']:.1f} s)",
                 file=log,
                 flush=True,
             )
@@ -118,17 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a training config key (repeatable)")
     parser.add_argument("--quick", action="store_true", help="one seed only")
     parser.add_argument("--json", metavar="OUT", help="write the results (per fold too) to this JSON file")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: small models, and no oversubscription on a shared CPU)")
     parser.add_argument("--data-dir", help=f"folder of the .h5ad files (default: ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})")
     args = parser.parse_args(argv)
 
-    import torch
-
     from model.errors import CellTypeError
     from training.config import parse_assignments
-
-    torch.set_num_threads(max(1, args.threads))
 
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     names = list(CELLTYPIST_MACRO_F1) if args.dataset == "all" else [args.dataset]

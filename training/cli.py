@@ -131,7 +131,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(
         f"validation macro-F1 {_format(validation.get('macro_f1'))}; ECE {_format(calibration['ece_before'])} -> "
         f"{_format(calibration['ece_after'])} (temperature {calibration['temperature']:.2f}); "
-        f"best epoch {training['best_epoch']} of {training['epochs_run']}, {training['n_genes']} genes, "
+        f"{training['epochs_run']} epochs, final weights: {training['selected']}; {training['n_genes']} genes, "
         f"{training['seconds']:.1f} s"
     )
     print(f"bundle: {bundle_dir}")

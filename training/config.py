@@ -65,6 +65,12 @@ class TrainConfig:
             relaxed linearly after the warm-up, reaches its final value.
     Model selection and loss:
         patience: epochs without a better validation macro-F1 before stopping (0: never stop early).
+            Without weight averaging the weights of the best validation epoch are restored at the end.
+        weight_averaging: end with the uniform average of the weights of every optimizer step after
+            ``averaging_start_fraction`` of the run (stochastic weight averaging, a single model; the
+            norm layers' running statistics are recomputed for it). Averaging beat best-epoch
+            selection on held-out labs in ``benchmarks/lobo.py`` (mostly on rare classes).
+        averaging_start_fraction: share of the run after which weights are averaged, in [0, 1).
         validation_fraction: share of each (batch, cell type) group of the training batches kept for
             validation (model selection, early stopping, calibration).
         class_weighting: weight the loss by inverse class frequency raised to ``class_weight_power``.
@@ -72,6 +78,9 @@ class TrainConfig:
         label_smoothing: label smoothing of the cross-entropy loss.
     Run:
         seed: seeds torch, numpy, the split and the sampler. device: auto, cpu or cuda.
+        cpu_threads: torch CPU threads while training on the CPU (0: torch's default, one per core).
+            1 is the default: these MLPs are small, and several threads on a shared CPU made a
+            cellbench run 10x slower here (80 s instead of 8 s).
         mixed_precision: autocast matrix products to bfloat16/float16 on CUDA (normalization stays fp32).
         unknown_threshold: confidence below which predictions are "Unknown".
     Lab-effect augmentation (:mod:`training.augment`; ``--set augment.mode=per_lab``):
@@ -95,24 +104,25 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     min_lr_ratio: float = 0.01
-    epochs: int = 20
+    epochs: int = 30
     max_steps: int = 0
     batch_size: int = 64
-    sampler: str = "shuffled"
+    sampler: str = "lab_homogeneous"
     brn_warmup_fraction: float = 0.1
     brn_r_max_final: float = 3.0
     brn_d_max_final: float = 5.0
     brn_r_ramp_end_fraction: float = 0.5
     brn_d_ramp_end_fraction: float = 0.4
-    patience: int = 5
-    weight_averaging: bool = False
+    patience: int = 0
+    weight_averaging: bool = True
     averaging_start_fraction: float = 0.5
     validation_fraction: float = 0.1
-    class_weighting: bool = False
+    class_weighting: bool = True
     class_weight_power: float = 0.5
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     seed: int = 0
     device: str = "auto"
+    cpu_threads: int = 1
     mixed_precision: bool = True
     unknown_threshold: float = 0.5
     augment_mode: str = "none"
@@ -160,11 +170,14 @@ class TrainConfig:
              f"brn_d_ramp_end_fraction must be in [brn_warmup_fraction={self.brn_warmup_fraction}, 1] "
              f"(got {self.brn_d_ramp_end_fraction})"),
             (self.patience >= 0, f"patience must be >= 0, 0 meaning no early stopping (got {self.patience})"),
+            (0.0 <= self.averaging_start_fraction < 1.0,
+             f"averaging_start_fraction must be in [0, 1) (got {self.averaging_start_fraction})"),
             (0.0 <= self.validation_fraction < 1.0,
              f"validation_fraction must be in [0, 1) (got {self.validation_fraction})"),
             (self.class_weight_power >= 0, f"class_weight_power must be >= 0 (got {self.class_weight_power})"),
             (0.0 <= self.label_smoothing < 1.0, f"label_smoothing must be in [0, 1) (got {self.label_smoothing})"),
             (self.seed >= 0, f"seed must be >= 0 (got {self.seed})"),
+            (self.cpu_threads >= 0, f"cpu_threads must be >= 0, 0 meaning torch's default (got {self.cpu_threads})"),
             (self.device in DEVICES or self.device.startswith("cuda:"),
              f"device must be one of {', '.join(DEVICES)} (got {self.device!r})"),
             (0.0 <= self.unknown_threshold <= 1.0,

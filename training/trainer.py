@@ -1,11 +1,13 @@
-"""The training loop: :class:`Trainer` (``train_step``, ``evaluate``, ``fit``) over a :class:`LabeledData`.
+"""The training loop: :class:`Trainer` (``train_step``, ``evaluate``, ``fit``) over a :class:`LabeledData`,
+and :func:`train_model` / :func:`write_run`, the whole run behind ``celltype train``.
 
 One optimizer step: set the learning rate and the Batch Renormalization limits for this step (both pure
 functions of the step), build the mini-batch's model input with ``data.model_input(rows)`` (exactly the
 inference preprocessing), forward (autocast on CUDA only), weighted cross-entropy, backward, an optional
-gradient hook (e.g. a data-parallel all-reduce), AdamW. After each epoch: validation macro-F1 for early
-stopping and best-weights selection, then a checkpoint that ``fit(resume=True)`` continues from to the
-very same final weights.
+gradient hook (e.g. a data-parallel all-reduce), AdamW, and (late in the run) the running average of
+the weights. After each epoch: validation macro-F1 for early stopping and best-epoch selection, then a
+checkpoint that ``fit(resume=True)`` continues from to the very same final weights. The run ends with
+the averaged weights (norm statistics recomputed) or, without averaging, the best validation epoch's.
 
 The sampler's ``rank``/``world_size`` and the ``gradient_hook`` are where data-parallel training plugs in.
 """
@@ -15,13 +17,12 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
-import os
 import random
 import re
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,8 +34,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from model.bundle import ModelBundle, save_bundle
 from model.batchrenorm import BatchRenorm1d
+from model.bundle import ModelBundle, save_bundle
 from model.classifier import CellTypeClassifier, ClassifierConfig
 from model.errors import InputError
 from model.genes import gene_list_hash
@@ -60,6 +61,8 @@ STATS_CHUNK = 4096
 
 GradientHook = Callable[[nn.Module], None]
 InputTransform = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+"""A training-time input transform (augmentation). If it has ``state_dict()``/``load_state_dict()``
+(e.g. its random generator's state), that state is checkpointed so that a resumed run stays exact."""
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
@@ -68,6 +71,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+@contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (0: leave torch's setting), then restore it."""
+    previous = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def class_weights(labels: np.ndarray, n_classes: int, power: float) -> np.ndarray:
@@ -156,7 +171,18 @@ class Evaluation:
 
 @dataclass
 class FitResult:
-    """What :meth:`Trainer.fit` did: history, the selected epoch, steps taken and whether it stopped early."""
+    """What :meth:`Trainer.fit` did.
+
+    Attributes:
+        history: one record per epoch.
+        best_epoch: the epoch whose weights were kept (the last one when weights were averaged).
+        best_score: its validation macro-F1 (NaN when weights were averaged or there is no validation).
+        steps: optimizer steps taken.
+        stopped_early: whether early stopping ended the run.
+        seconds: wall time of the loop.
+        resumed_from_epoch: epochs already done when the run was resumed (0 for a fresh run).
+        selected: which weights the model ended with, in words.
+    """
 
     history: list[dict[str, Any]]
     best_epoch: int
@@ -165,6 +191,7 @@ class FitResult:
     stopped_early: bool
     seconds: float
     resumed_from_epoch: int = 0
+    selected: str = ""
 
 
 class Trainer:
@@ -337,6 +364,7 @@ class Trainer:
 
     @torch.no_grad()
     def _update_average(self) -> None:
+        """Fold the current parameters into their running (uniform) average."""
         params = {k: p.detach() for k, p in self.model.named_parameters()}
         if self.average is None:
             self.average = {k: p.clone() for k, p in params.items()}
@@ -347,19 +375,46 @@ class Trainer:
             self.average[k].lerp_(p, 1.0 / self.n_averaged)
 
     @torch.no_grad()
+    def use_averaged_weights(self) -> None:
+        """Load the averaged parameters into the model and recompute its norm layers' statistics."""
+        if self.average is None:
+            raise ValueError("no weights have been averaged yet")
+        for name, parameter in self.model.named_parameters():
+            parameter.copy_(self.average[name])
+        self.recalibrate_norms()
+
+    @torch.no_grad()
     def recalibrate_norms(self, chunk: int = 4096) -> None:
-        """Recompute the running statistics of the norm layers over the training cells, layer by layer."""
+        """Recompute the running mean/variance of every batch(-re)norm layer over the training cells.
+
+        Layer by layer, each from its exact input statistics over all training cells with the layers
+        before it already recalibrated; dropout stays active, as during training, so the statistics
+        match what the layers saw while they trained. Needed after averaging weights: running
+        statistics gathered along the way belong to the individual weights, not to their average.
+        """
         layers = [m for m in self.model.modules() if isinstance(m, (nn.BatchNorm1d, BatchRenorm1d))]
         self.model.eval()
         for module in self.model.modules():
             if isinstance(module, nn.Dropout):
                 module.train()
+        # Dropout draws from a generator seeded by the config alone: every rank of a data-parallel run
+        # computes the same statistics, and the training RNG streams are left untouched.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed)
+            self._recalibrate(layers, chunk)
+        self.model.eval()
+
+    def _recalibrate(self, layers: list[nn.Module], chunk: int) -> None:
         for layer in layers:
             sums = torch.zeros_like(layer.running_mean, dtype=torch.float64)
             squares = torch.zeros_like(sums)
             count = [0]
 
-            def collect(module, args, sums=sums, squares=squares, count=count):
+            def collect(
+                module: nn.Module, args: tuple[torch.Tensor, ...], sums: torch.Tensor = sums,
+                squares: torch.Tensor = squares, count: list[int] = count,
+            ) -> None:
                 x = args[0].detach().double()
                 sums.add_(x.sum(0))
                 squares.add_(x.square().sum(0))
@@ -374,7 +429,6 @@ class Trainer:
             var = (squares / n - mean.square()).clamp_min(0) * (n / max(n - 1, 1))
             layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
             layer.running_var.copy_(var.to(layer.running_var.dtype))
-        self.model.eval()
 
     # -- evaluation -----------------------------------------------------------------------------
 
@@ -427,16 +481,26 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
             "early_stopping": stopper.state_dict(),
+            "average": self.average,
+            "n_averaged": self.n_averaged,
+            "input_transform": (
+                self.input_transform.state_dict() if hasattr(self.input_transform, "state_dict") else None
+            ),
             "history": history,
         }
 
     def fit(self, *, resume: bool = False, epoch_callback: EpochCallback | None = None) -> FitResult:
-        """Train until ``epochs``/``max_steps`` or early stopping, then load the best validation weights.
+        """Train until ``epochs``/``max_steps`` or early stopping, then settle on the final weights: the
+        average of the late steps (``weight_averaging``), else the best validation epoch's.
 
         Args:
             resume: continue from ``out_dir/checkpoints`` (same config required).
             epoch_callback: called with each epoch's history record, after its checkpoint is written.
         """
+        with cpu_threads(self.config.cpu_threads if self.device.type == "cpu" else 0):
+            return self._fit(resume, epoch_callback)
+
+    def _fit(self, resume: bool, epoch_callback: EpochCallback | None) -> FitResult:
         stopper = EarlyStopping(self.config.patience)
         history: list[dict[str, Any]] = []
         first_epoch = 0
@@ -448,6 +512,9 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             stopper.load_state_dict(state["early_stopping"])
+            self.average, self.n_averaged = state["average"], int(state["n_averaged"])
+            if state["input_transform"] is not None and hasattr(self.input_transform, "load_state_dict"):
+                self.input_transform.load_state_dict(state["input_transform"])
             history = list(state["history"])
             first_epoch, self.step = int(state["epoch"]), int(state["step"])
             restore_rng_state(state["rng"])
@@ -503,23 +570,17 @@ class Trainer:
             if epoch_callback is not None:
                 epoch_callback(record)
         epochs.close()
-        if has_validation and stopper.best_state is not None:
+        if self.average is not None:
+            self.use_averaged_weights()
+            selected = f"average of steps {self.average_start + 1}-{self.step} ({self.n_averaged} steps)"
+            best_epoch, best_score = len(history), float("nan")
+        elif has_validation and stopper.best_state is not None:
             self.model.load_state_dict(stopper.best_state)
             best_epoch, best_score = stopper.best_epoch, stopper.best_score
-            if self.average is not None:
-                best_loss = stopper.best_loss
-                with torch.no_grad():
-                    for k, p in self.model.named_parameters():
-                        p.copy_(self.average[k])
-                self.recalibrate_norms()
-                averaged = self.evaluate(self.validation_rows)
-                f1 = averaged.scores["macro_f1"]
-                if f1 > best_score + 1e-9 or (abs(f1 - best_score) <= 1e-9 and averaged.loss <= best_loss) or os.environ.get('FORCE_SWA'):
-                    best_epoch, best_score = -1, f1
-                else:
-                    self.model.load_state_dict(stopper.best_state)
+            selected = f"epoch {best_epoch} (best validation macro-F1)"
         else:
             best_epoch, best_score = len(history), float("nan")
+            selected = f"epoch {best_epoch} (last)"
         self.model.eval()
         return FitResult(
             history=history,
@@ -528,6 +589,7 @@ class Trainer:
             steps=self.step,
             stopped_early=stopped_early,
             seconds=time.perf_counter() - started,
+            selected=selected,
             resumed_from_epoch=first_epoch,
         )
 
@@ -604,6 +666,27 @@ def train_model(
     Raises:
         InputError: unknown hold-out batch, or fewer than two cell types left to train on.
     """
+    threads = config.cpu_threads if resolve_device(config.device).type == "cpu" else 0
+    with cpu_threads(threads):
+        return _train_model(
+            config, data, datasets=datasets, out_dir=out_dir, progress=progress, resume=resume,
+            score_holdout=score_holdout, rank=rank, world_size=world_size, configure_trainer=configure_trainer,
+        )
+
+
+def _train_model(
+    config: TrainConfig,
+    data: LabeledData,
+    *,
+    datasets: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    resume: bool = False,
+    score_holdout: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    configure_trainer: Callable[[Trainer], None] | None = None,
+) -> TrainingRun:
     started = time.perf_counter()
     split = make_split(data.labels, data.batches, config.holdout_batches, config.validation_fraction, config.seed)
     labels = np.asarray(data.labels).astype(str)
@@ -658,6 +741,7 @@ def train_model(
     metrics["calibration"] = {"temperature": temperature, "ece_before": ece_before, "ece_after": ece_after}
     metrics["training"] = {
         "best_epoch": fit.best_epoch,
+        "selected": fit.selected,
         "epochs_run": len(fit.history),
         "steps": fit.steps,
         "total_steps": trainer.total_steps,

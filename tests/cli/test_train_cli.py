@@ -35,7 +35,6 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
-@pytest.mark.slow  # MLflow: creating the SQLite store and logging the pyfunc take 15+ s
 def test_train_end_to_end_registers_a_version(h5ad, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -135,6 +135,33 @@ def test_lr_and_renorm_limits_are_set_from_the_step_inside_the_model(data) -> No
     assert trainer.step == total // 2 + 1
 
 
+def test_weight_averaging_ends_with_the_mean_of_the_averaged_steps(data) -> None:
+    trainer = make_trainer(data, epochs=3, averaging_start_fraction=0.5, dropout=0.0)
+    snapshots: list[dict[str, torch.Tensor]] = []
+    step = trainer.train_step
+
+    def recording_step(rows: np.ndarray) -> float:
+        loss = step(rows)
+        snapshots.append({k: p.detach().clone() for k, p in trainer.model.named_parameters()})
+        return loss
+
+    trainer.train_step = recording_step  # type: ignore[method-assign]
+    result = trainer.fit()
+    start = trainer.average_start
+    assert start == (3 * trainer.steps_per_epoch) // 2 and trainer.n_averaged == len(snapshots) - start
+    for name, parameter in trainer.model.named_parameters():
+        expected = torch.stack([s[name] for s in snapshots[start:]]).mean(0)
+        assert torch.allclose(parameter, expected, atol=1e-6), name
+    assert result.selected.startswith("average of steps")
+
+    # the norm layers' statistics were recomputed for the averaged weights, over the training cells
+    first_linear, first_norm = trainer.model.blocks[0][0], trainer.model.blocks[0][1]
+    with torch.no_grad():
+        hidden = first_linear(trainer.model.standardize(trainer.inputs(trainer.train_rows)))
+    assert torch.allclose(first_norm.running_mean, hidden.mean(0), atol=1e-4)
+    assert torch.allclose(first_norm.running_var, hidden.var(0), rtol=1e-3, atol=1e-4)
+
+
 def test_training_is_deterministic_on_cpu(data) -> None:
     first = make_trainer(data)
     first.fit()
@@ -144,7 +171,8 @@ def test_training_is_deterministic_on_cpu(data) -> None:
 
 
 def test_resume_reaches_exactly_the_weights_of_an_uninterrupted_run(data, tmp_path) -> None:
-    changes = {"epochs": 5, "patience": 2, "class_weighting": True, "dropout": 0.3}
+    # weights are averaged from the first epoch on, so the checkpointed average matters too
+    changes = {"epochs": 5, "patience": 2, "class_weighting": True, "dropout": 0.3, "averaging_start_fraction": 0.1}
     uninterrupted = make_trainer(data, tmp_path / "a", **changes)
     full = uninterrupted.fit()
 
@@ -177,7 +205,7 @@ def test_resume_refuses_a_different_config(data, tmp_path) -> None:
 
 
 def test_early_stopping_restores_the_best_weights(data) -> None:
-    trainer = make_trainer(data, epochs=8, patience=2)
+    trainer = make_trainer(data, epochs=8, patience=2, weight_averaging=False)
     scripted = iter([0.5, 0.9, 0.7, 0.6, 0.95, 0.95])
     states: list[dict[str, torch.Tensor]] = []
 
@@ -249,7 +277,7 @@ def test_resume_keeps_the_early_stopping_state(data, tmp_path) -> None:
         trainer.evaluate = fake_evaluate  # type: ignore[method-assign]
 
     full_states: list = []
-    uninterrupted = make_trainer(data, tmp_path / "a", epochs=6, patience=2)
+    uninterrupted = make_trainer(data, tmp_path / "a", epochs=6, patience=2, weight_averaging=False)
     scripted(uninterrupted, full_states)
     full = uninterrupted.fit()
     assert (full.best_epoch, len(full.history), full.stopped_early) == (2, 4, True)
@@ -261,11 +289,11 @@ def test_resume_keeps_the_early_stopping_state(data, tmp_path) -> None:
         if record["epoch"] == 3:
             raise Interrupt
 
-    interrupted = make_trainer(data, tmp_path / "b", epochs=6, patience=2)
+    interrupted = make_trainer(data, tmp_path / "b", epochs=6, patience=2, weight_averaging=False)
     scripted(interrupted, [])
     with pytest.raises(Interrupt):
         interrupted.fit(epoch_callback=stop_after_three)
-    resumed = make_trainer(data, tmp_path / "b", epochs=6, patience=2)
+    resumed = make_trainer(data, tmp_path / "b", epochs=6, patience=2, weight_averaging=False)
     scripted(resumed, [])
     result = resumed.fit(resume=True)
     assert (result.best_epoch, len(result.history), result.stopped_early) == (2, 4, True)
