@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -474,16 +473,10 @@ SPLIT = (5, 9)  # uneven per-rank batches: the moments must be weighted by the c
 SYNC_SHAPE = (sum(SPLIT), 6, 3)
 
 
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _sync_worker(rank: int, port: int, out_dir: str) -> None:
+def _sync_worker(rank: int, store_port: int, out_dir: str) -> None:
     """One rank: a synced forward/backward on its slice of the batch, then average_running_stats."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    store = dist.TCPStore("127.0.0.1", store_port, is_master=False)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=WORLD)
     try:
         layer = make_layer(SYNC_SHAPE[1], r_max=1.5, d_max=0.5)
         layer.sync_stats = True
@@ -514,7 +507,10 @@ def _sync_worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_sync_stats_across_two_gloo_ranks_equals_full_batch(tmp_path: Path) -> None:
-    mp.spawn(_sync_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    # The rendezvous store listens on a port the OS picks (no race for a "free" port); the ranks
+    # connect to it on 127.0.0.1.
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.spawn(_sync_worker, args=(store.port, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD)]
 
     layer = make_layer(SYNC_SHAPE[1], r_max=1.5, d_max=0.5)
