@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img", help="folder of the PNG plots")
     parser.add_argument("--data-dir", help=f"folder of the .h5ad files (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2; quick: 0)")
+    parser.add_argument("--datasets", nargs="+", metavar="NAME",
+                        help="only these real data sets (default: all of the plan's; the report keeps every result)")
     parser.add_argument("--budget-s", type=float, help="stop starting new jobs after this many seconds")
     parser.add_argument("--no-celltypist", action="store_true", help="skip the CellTypist peer")
     parser.add_argument("--celltypist-env", type=Path, default=Path("/tmp/celltypist_env"),
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         plan = Plan(**{**plan.__dict__, "seeds": tuple(args.seeds)})
     plan = Plan(**{**plan.__dict__, "celltypist_env": args.celltypist_env})
+    if args.datasets:
+        plan = Plan(**{**plan.__dict__, "datasets": tuple(args.datasets),
+                       "batch_size_datasets": tuple(d for d in plan.batch_size_datasets if d in args.datasets)})
     name = "evidence_quick.json" if args.quick else "evidence.json"
     results = args.results or ROOT / "outputs" / "benchmarks" / name
     directory = data_directory(args.data_dir)

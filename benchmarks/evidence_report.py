@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.evidence_conclusions import conclusions
+
 START, END = "<!-- evidence:start -->", "<!-- evidence:end -->"
 
 
@@ -31,17 +33,18 @@ def _fmt(values: list[float]) -> str:
         return "–"
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f} (n={len(values)})"
 
 
 def _per_seed_means(rows: list[dict[str, Any]], metric: str, part: str) -> list[float]:
-    """Mean over folds per seed (the unit of mean ± std)."""
-    by_seed: dict[int, list[float]] = defaultdict(list)
+    """Mean over folds per seed (the unit of mean ± std), only of seeds that finished every fold of ``rows``."""
+    by_seed: dict[int, dict[str, float]] = defaultdict(dict)
     for row in rows:
         value = row["result"].get(part, {}).get(metric)
         if value is not None:
-            by_seed[row["seed"]].append(value)
-    return [float(np.mean(v)) for _, v in sorted(by_seed.items())]
+            by_seed[row["seed"]][row.get("holdout", "")] = value
+    folds = max((len(v) for v in by_seed.values()), default=0)
+    return [float(np.mean(list(v.values()))) for _, v in sorted(by_seed.items()) if len(v) == folds]
 
 
 def _ok(jobs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -142,26 +145,28 @@ def _lobo_variant_table(jobs: list[dict[str, Any]], group: str, label: str) -> s
 
 
 def _peer_summary(jobs: list[dict[str, Any]]) -> str:
+    from benchmarks.evidence_conclusions import DEFAULT, score
+
     peers = [j for j in jobs if j["kind"] == "peer"]
     main = [j for j in jobs if j["kind"] == "lobo" and j["group"] == "main"]
-    lines = ["| data set | ours: BRN shuffled | ours: best of grid | logreg | CellTypist | folds with peers |", "|---|---|---|---|---|---|"]
+    lines = ["| data set | ours: default (BRN, lab-homogeneous) | ours: best of grid | logreg | CellTypist | folds with peers | seeds (ours) |",
+             "|---|---|---|---|---|---|---|"]
     for d in sorted({j["dataset"] for j in main}):
         folds = {j["holdout"] for j in peers if j["dataset"] == d}
-        brn = [j["result"]["holdout"]["macro_f1"] for j in main if j["dataset"] == d and j["holdout"] in folds
-               and j["variant"]["norm"] == "batchrenorm" and j["variant"]["sampler"] == "shuffled" and j["seed"] == 0]
+        ours, n_seeds = score(jobs, d, DEFAULT, folds=folds)
         best = []
-        for key in {(j["variant"]["norm"], j["variant"]["sampler"]) for j in main}:
-            vals = [j["result"]["holdout"]["macro_f1"] for j in main if j["dataset"] == d and j["holdout"] in folds
-                    and (j["variant"]["norm"], j["variant"]["sampler"]) == key and j["seed"] == 0]
-            if vals and len(vals) == len(folds):
-                best.append((float(np.mean(vals)), key))
+        for norm, sampler in {(j["variant"]["norm"], j["variant"]["sampler"]) for j in main}:
+            value, _ = score(jobs, d, {"norm": norm, "sampler": sampler, "batch_size": "64"}, folds=folds)
+            if value is not None:
+                best.append((value, (norm, sampler)))
         peer = [j["result"] for j in peers if j["dataset"] == d]
         lr = [p["logreg"]["macro_f1"] for p in peer if "logreg" in p]
         ct = [p["celltypist"]["macro_f1"] for p in peer if "celltypist" in p]
         top = max(best) if best else None
-        lines.append(f"| {d} | {_fmt([float(np.mean(brn))]) if brn else '–'} | "
+        lines.append(f"| {d} | {_fmt([ours]) if ours is not None else '–'} | "
                      + (f"{top[0]:.3f} ({top[1][0]}, {top[1][1]})" if top else "–")
-                     + f" | {_fmt([float(np.mean(lr))]) if lr else '–'} | {_fmt([float(np.mean(ct))]) if ct else '–'} | {len(folds)} |")
+                     + f" | {_fmt([float(np.mean(lr))]) if lr else '–'} | {_fmt([float(np.mean(ct))]) if ct else '–'} "
+                     f"| {len(folds)} | {n_seeds} |")
     return "\n".join(lines)
 
 
@@ -209,7 +214,41 @@ def _plots(plot: dict[tuple[str, str, str], float], jobs: list[dict[str, Any]], 
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path.name)
+    written.extend(_batch_size_plot(jobs, img_dir, prefix, plt))
     return written
+
+
+def _batch_size_plot(jobs: list[dict[str, Any]], img_dir: Path, prefix: str, plt: Any) -> list[str]:
+    """Held-out and own-training-cells macro-F1 against mini-batch size (BRN and BN, both regimes)."""
+    sweep = sorted({j["dataset"] for j in jobs if j["kind"] == "lobo" and j["group"] == "batch_size"})
+    if not sweep:
+        return []
+    dataset = sweep[0]
+    rows = [j for j in jobs if j["kind"] == "lobo" and j["dataset"] == dataset and j["group"] in ("main", "batch_size")
+            and j["variant"]["norm"] in ("batchrenorm", "batchnorm") and "augment_mode" not in j["variant"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, part, title in ((axes[0], "holdout", f"{dataset}: held-out batch"),
+                            (axes[1], "train_eval", f"{dataset}: own training cells, eval mode")):
+        for sampler in ("shuffled", "lab_homogeneous"):
+            for norm in ("batchrenorm", "batchnorm"):
+                points = []
+                for size in sorted({int(j["variant"]["batch_size"]) for j in rows}):
+                    values = _per_seed_means([j for j in rows if j["variant"] == {"norm": norm, "sampler": sampler,
+                                              "batch_size": str(size)}], "macro_f1", part)
+                    if values:
+                        points.append((size, float(np.mean(values))))
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{norm} ({sampler})")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("mini-batch size")
+        ax.set_title(title)
+    axes[0].set_ylabel("macro-F1 (mean over held-out batches)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    path = img_dir / f"{prefix}batch_size.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return [path.name]
 
 
 def write_report(results: Path, doc: Path, img_dir: Path, *, quick: bool = False) -> str:
@@ -237,11 +276,13 @@ def write_report(results: Path, doc: Path, img_dir: Path, *, quick: bool = False
         "",
         *[f"![{name}]({rel / name})" for name in images],
         "",
+        conclusions(jobs),
+        "",
         "### Per held-out batch: macro-F1 / accuracy (seed 0 unless several seeds finished)",
         "",
         _per_batch_table(jobs),
         "",
-        "### Peers on the folds they finished",
+        "### Peers on the folds they finished (ours: mean over the seeds that finished every fold; peers: one run per fold)",
         "",
         _peer_summary(jobs),
         "",

@@ -32,7 +32,11 @@ CELLTYPIST_FOLD_SCRIPT = textwrap.dedent(
         arrays = np.load(fold["npz"], allow_pickle=False)
         genes = pd.Index(arrays["genes"].astype(str))
         def adata(prefix):
-            X = sp.csr_matrix(arrays[prefix + "_X"])
+            # rows to exactly log1p(CP10k), as CellTypist checks (a no-op for data already CP10k over all
+            # genes; rescales pre-normalized panels such as scclassify_pancreas)
+            counts = np.expm1(arrays[prefix + "_X"].astype(np.float64))
+            counts *= 1e4 / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
+            X = sp.csr_matrix(np.log1p(counts).astype(np.float32))
             return anndata.AnnData(
                 X=X, obs=pd.DataFrame({"cell_type": arrays[prefix + "_y"].astype(str)},
                 index=[f"c{i}" for i in range(X.shape[0])]), var=pd.DataFrame(index=genes))
