@@ -31,5 +31,8 @@ lint: setup
 bench: setup  ## all benchmarks; results in docs/benchmarks.md
 	$(BIN)/python -m benchmarks
 
+stack: setup  ## PostgreSQL + mlflow server + trainer + service from local processes (scripts/stack.sh down stops it)
+	bash scripts/stack.sh up
+
 clean:
 	rm -rf mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache outputs

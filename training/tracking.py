@@ -317,19 +317,25 @@ def register_later_command(out_dir: Path, register_name: str | None, tracking_ur
 
 @contextmanager
 def _fluent_tracking_uri(tracking_uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (needed by ``log_model``) at ``tracking_uri``, then restore it exactly.
+    """Point MLflow's fluent API (needed by ``log_model``) and registry at ``tracking_uri``, then restore them.
 
     MLflow's own helper restores its global URI but clears ``MLFLOW_TRACKING_URI``; that variable is
     put back here too.
     """
+    from mlflow.tracking import _model_registry
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     variable = "MLFLOW_TRACKING_URI"
     saved_env = os.environ.get(variable)
+    # The registry URI is global too: pin it to the same store, so a URI someone set earlier in this
+    # process can never send the registration elsewhere.
+    saved_registry = _model_registry.utils._registry_uri
+    _model_registry.utils._registry_uri = tracking_uri
     try:
         with _use_tracking_uri(tracking_uri):
             yield
     finally:
+        _model_registry.utils._registry_uri = saved_registry
         if saved_env is None:
             os.environ.pop(variable, None)
         else:
