@@ -167,7 +167,7 @@ def render(results: list[Result], device: torch.device, quick: bool, load: tuple
     lines = [
         "## BatchRenorm1d vs BatchNorm1d",
         "",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; device: {device.type}"
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; device: {device.type}"
         + (" (--quick)" if quick else ""),
         f"- Machine: {machine(device)}",
         f"- Load average (1 min) before / after: {load[0]} / {load[1]}",

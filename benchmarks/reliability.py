@@ -1756,9 +1756,12 @@ def oversized_bodies_cut_off(service: Service, *, total_bytes: int, limit_bytes:
     return run_scenario("oversized streamed bodies", body)
 
 
-def api_key_enforced(service: Service, *, rounds: int) -> Outcome:
+def api_key_enforced(service: Service, *, rounds: int, check_timing: bool = True) -> Outcome:
     """Missing and wrong keys get 401 everywhere but ``/health``; wrong keys of the right length, near
-    misses and wrong lengths take the same time (medians over ``rounds`` interleaved requests)."""
+    misses and wrong lengths take the same time (medians over ``rounds`` interleaved requests).
+
+    ``check_timing=False`` still measures and reports the medians but does not judge them (tests
+    assert behaviour; the timing verdict belongs to the benchmark run on a quiet machine)."""
 
     def body(numbers: dict[str, Any]) -> str:
         key = service.api_key
@@ -1804,7 +1807,7 @@ def api_key_enforced(service: Service, *, rounds: int) -> Outcome:
         expect(statuses["correct (200, for scale)"] == {200}, "the correct key was refused")
         for label in wrong:
             expect(statuses[label] == {401}, f"{label} got {statuses[label]}")
-        expect(spread < max(250.0, 0.3 * min(wrong.values())),
+        expect(not check_timing or spread < max(250.0, 0.3 * min(wrong.values())),
                f"wrong keys differ in median time by {spread:.0f} us: {wrong}")  # fmt: skip
         return (
             "missing/wrong keys: 401 on every protected route, /health open; medians of wrong keys "

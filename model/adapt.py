@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -218,7 +218,7 @@ def adapt_bundle(
         "parent": {k: v for k, v in (parent or {}).items() if v is not None},
         "target_dataset": str(target),
         **result.to_dict(),
-        "adapted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "adapted_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     metadata[ADAPTATION_KEY] = lineage
     metadata["adapted_from"] = bundle.sha256

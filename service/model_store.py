@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from model.errors import CellTypeError
@@ -57,7 +57,7 @@ class ServedModel:
 
     predictor: Predictor
     description: dict[str, Any]
-    loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @classmethod

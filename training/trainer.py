@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -763,7 +763,7 @@ def _train_model(
         "holdout_scores": {"accuracy": overall["accuracy"], "macro_f1": overall["macro_f1"]} if overall else None,
         "validation_scores": summary(metrics["validation"]) if metrics["validation"] else None,
         "n_cells_train": int(len(split.train)),
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "celltype_version": _celltype_version(),
         "training_config": config.to_dict(),
     }

@@ -38,10 +38,10 @@ def test_hostile_upload_file_names_never_reach_the_file_system_or_headers(
     assert outcome.numbers["names_tried"] == 5
 
 
-def test_missing_or_wrong_api_keys_get_401_and_wrong_keys_take_the_same_time(live_service: Service) -> None:
-    """401 on every protected route without the key or with a near miss; the median time of a wrong key
-    of the right length, a near miss and keys of other lengths differ by less than the noise."""
-    outcome = api_key_enforced(live_service, rounds=300)
+def test_missing_or_wrong_api_keys_get_401(live_service: Service) -> None:
+    """401 on every protected route without the key or with a near miss or a key of another length.
+    (The timing comparison of wrong keys is judged by ``python -m benchmarks.reliability``.)"""
+    outcome = api_key_enforced(live_service, rounds=50, check_timing=False)
 
     assert outcome.passed, outcome.detail
     print(outcome.numbers["median_us"])

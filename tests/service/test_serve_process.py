@@ -66,6 +66,15 @@ def read_status(connection: socket.socket, timeout_s: float = 10.0) -> tuple[int
             break
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    while len(rest) < length:  # the body may arrive after the headers
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
     return int(head.split(b" ")[1]), head + b"\r\n\r\n" + rest
 
 
