@@ -32,7 +32,7 @@ from benchmarks.evidence_report import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- distributed:start -->", "<!-- distributed:end -->"
-DEFAULT_DATA = Path("/work/shared/data/h5ad/muscat_kang.h5ad")
+DEFAULT_DATA = ROOT.parent / "shared/data/h5ad/muscat_kang.h5ad"
 DEFAULT_HOLDOUT = "ctrl107"
 
 
