@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from benchmarks.docs_section import replace_section
 from model.batchrenorm import BatchRenorm1d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,20 +186,6 @@ def render(results: list[Result], device: torch.device, quick: bool, load: tuple
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the ``bench_batchrenorm`` section of ``docs/benchmarks.md``, keeping the others."""
-    section = f"{SECTION_START}\n{text}{SECTION_END}\n"
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if SECTION_START in current and SECTION_END in current:
-        before, rest = current.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = before + section + (("\n" + after) if after else "")
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(updated)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run both workloads, print the markdown table; with ``--write`` update docs/benchmarks.md."""
     parser = argparse.ArgumentParser(
@@ -219,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results, device, args.quick, (load_before, f"{os.getloadavg()[0]:.1f}"))
     print(text)
     if args.write:
-        write_section(text)
+        replace_section(DOC, SECTION_START, SECTION_END, text)
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.evidence_report import replace_section
+from benchmarks.docs_section import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- distributed:start -->", "<!-- distributed:end -->"

@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.docs_section import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION_START = "<!-- bench_scoring:start -->"
@@ -433,20 +435,6 @@ def goal_notes(runs: list[Run]) -> list[str]:
     return notes
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the ``bench_scoring`` section of ``docs/benchmarks.md``, keeping the others."""
-    section = f"{SECTION_START}\n{text}{SECTION_END}\n"
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if SECTION_START in current and SECTION_END in current:
-        before, rest = current.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = before + section + (("\n" + after) if after else "")
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(updated)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table; with ``--write`` update docs/benchmarks.md."""
     parser = argparse.ArgumentParser(
@@ -497,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(runs, context, roofline)
     print(text)
     if args.write:
-        write_section(text)
+        replace_section(DOC, SECTION_START, SECTION_END, text)
     return 0
 
 

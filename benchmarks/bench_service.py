@@ -32,6 +32,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.docs_section import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION_START = "<!-- bench_service:start -->"
@@ -345,20 +347,6 @@ def report(results: list[Result], notes: list[str], load: tuple[float, float]) -
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the ``bench_service`` section of ``docs/benchmarks.md``."""
-    section = f"{SECTION_START}\n{text}{SECTION_END}\n"
-    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if SECTION_START in current and SECTION_END in current:
-        before, rest = current.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        updated = before + section + (("\n" + after) if after else "")
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(updated)
-
-
 def goal_notes(results: list[Result], mlflow_ran: bool) -> list[str]:
     """Lines stating whether each goal was met."""
     ours = [r for r in results if r.scenario.server == "celltype"]
@@ -432,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.write:
-        write_section(text)
+        replace_section(DOC, SECTION_START, SECTION_END, text)
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 

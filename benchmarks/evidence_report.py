@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.docs_section import replace_section
 from benchmarks.evidence_conclusions import conclusions
 
 START, END = "<!-- evidence:start -->", "<!-- evidence:end -->"
-
-
-def replace_section(doc: Path, start: str, end: str, body: str) -> None:
-    """Replace the text between ``start`` and ``end`` in ``doc`` (appended when absent; file created with ``# Benchmarks``)."""
-    text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
 
 
 def _fmt(values: list[float]) -> str:
