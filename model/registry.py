@@ -191,7 +191,9 @@ def check_reachable(tracking_uri: str, *, create: bool = False) -> None:
     """Fail fast with :class:`RegistryUnavailableError` when ``tracking_uri`` cannot be used.
 
     HTTP(S) servers must answer ``/health`` within :data:`REACHABILITY_TIMEOUT_S` seconds with one of
-    :data:`HEALTHY_STATUS`. A SQLite database must exist, unless ``create`` is true.
+    :data:`HEALTHY_STATUS`. A database server (PostgreSQL, MySQL, MS SQL) must accept a TCP connection
+    within that time (MLflow itself would retry for about two minutes). A SQLite database must exist,
+    unless ``create`` is true.
     """
     scheme = urllib.parse.urlparse(tracking_uri).scheme
     if scheme in ("http", "https"):
@@ -214,12 +216,36 @@ def check_reachable(tracking_uri: str, *, create: bool = False) -> None:
                 "server; check the URI (--tracking-uri or MLFLOW_TRACKING_URI) and the server's logs"
             )
         return
+    if scheme.split("+")[0] in SQL_DEFAULT_PORTS:
+        _check_database_port(tracking_uri, scheme)
+        return
     database = sqlite_path(tracking_uri)
     if database is not None and not create and not database.is_file():
         raise RegistryUnavailableError(
             f"no MLflow database at {database} (tracking URI {tracking_uri}); nothing has been registered "
             "there yet: pass the tracking URI you trained with (--tracking-uri or MLFLOW_TRACKING_URI)"
         )
+
+
+SQL_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+"""Database tracking-store schemes and their default ports, probed before MLflow connects."""
+
+
+def _check_database_port(tracking_uri: str, scheme: str) -> None:
+    """Raise :class:`RegistryUnavailableError` unless the database server of ``tracking_uri`` accepts TCP."""
+    import socket
+
+    parsed = urllib.parse.urlparse(tracking_uri)
+    host = parsed.hostname or "localhost"
+    port = parsed.port or SQL_DEFAULT_PORTS[scheme.split("+")[0]]
+    try:
+        with socket.create_connection((host, port), timeout=REACHABILITY_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise RegistryUnavailableError(
+            f"cannot reach the tracking database at {host}:{port} ({exc.strerror or exc}); check that it is "
+            "running and that the URI is right (--tracking-uri or MLFLOW_TRACKING_URI)"
+        ) from None
 
 
 def is_unavailability(exc: BaseException) -> bool:

@@ -296,6 +296,15 @@ def test_a_server_that_is_not_mlflow_is_reported(broken_tracking_server):
         fetch_bundle("models:/pbmc@champion", tracking_uri=uri)
 
 
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2", "mysql"])
+def test_a_database_store_that_is_down_fails_fast(scheme, unreachable_tracking_uri):
+    port = unreachable_tracking_uri.rsplit(":", 1)[1].strip("/")
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailableError, match=f"tracking database at 127.0.0.1:{port}"):
+        fetch_bundle("models:/pbmc@champion", tracking_uri=f"{scheme}://user@127.0.0.1:{port}/mlflow")
+    assert time.monotonic() - started < 10
+
+
 def test_missing_sqlite_database_is_reported_not_created(tmp_path):
     uri = f"sqlite:///{tmp_path / 'nothing-here.db'}"
     with pytest.raises(RegistryUnavailableError, match="no MLflow database at"):
