@@ -97,8 +97,9 @@ def create_app(
 
     app.include_router(health.router)
     protected = [Depends(require_api_key)]
+    unauthorized = {401: {"model": schemas.ErrorResponse, "description": "missing or wrong API key"}}
     for router in (model_routes.router, predict.router, invocations.router, admin.router, metrics_routes.router):
-        app.include_router(router, dependencies=protected)
+        app.include_router(router, dependencies=protected, responses=unauthorized)
     return app
 
 
