@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
-POSTGRES_USERS = ("postgres", "root")
+from benchmarks.reliability import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USERS, postgres_connection
+
 SERVER_START_TIMEOUT_S = 180
 SOURCE_REGEX = r"^(mlflow-artifacts:/|runs:/|models:/m-)"
 """``MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX`` of the test server (as advised for CVE-2025-11201)."""
@@ -107,26 +107,10 @@ def mlflow_sqlite_store(tmp_path_factory: pytest.TempPathFactory) -> MlflowStore
     return MlflowStore(kind="sqlite", uri=uri, artifacts_dir=root / "mlartifacts")
 
 
-def _postgres_connection():
-    """A psycopg2 connection to the ``postgres`` database as the first user that works, or ``None``."""
-    import psycopg2
-
-    for user in POSTGRES_USERS:
-        try:
-            connection = psycopg2.connect(
-                host=POSTGRES_HOST, port=POSTGRES_PORT, user=user, dbname="postgres", connect_timeout=3
-            )
-        except psycopg2.OperationalError:
-            continue
-        connection.autocommit = True
-        return connection
-    return None
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowStore]:
     """A real ``mlflow server`` on PostgreSQL with proxied artifacts, torn down with its database."""
-    connection = _postgres_connection()
+    connection = postgres_connection()
     if connection is None:
         reason = (
             f"PostgreSQL is not reachable on {POSTGRES_HOST}:{POSTGRES_PORT} as {' or '.join(POSTGRES_USERS)} "
