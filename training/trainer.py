@@ -14,6 +14,7 @@ The sampler's ``rank``/``world_size`` and the ``gradient_hook`` are where data-p
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import math
@@ -639,6 +640,19 @@ def _argmax_labels(probabilities: np.ndarray, classes: list[str]) -> np.ndarray:
     return np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)] if len(probabilities) else np.array([])
 
 
+def _on_configured_cpu_threads(function: Callable[..., TrainingRun]) -> Callable[..., TrainingRun]:
+    """Run ``function(config, data, ...)`` with ``config.cpu_threads`` torch threads when training on CPU."""
+
+    @functools.wraps(function)
+    def run(config: TrainConfig, data: LabeledData, **options: Any) -> TrainingRun:
+        threads = config.cpu_threads if resolve_device(config.device).type == "cpu" else 0
+        with cpu_threads(threads):
+            return function(config, data, **options)
+
+    return run
+
+
+@_on_configured_cpu_threads
 def train_model(
     config: TrainConfig,
     data: LabeledData,
@@ -666,27 +680,6 @@ def train_model(
     Raises:
         InputError: unknown hold-out batch, or fewer than two cell types left to train on.
     """
-    threads = config.cpu_threads if resolve_device(config.device).type == "cpu" else 0
-    with cpu_threads(threads):
-        return _train_model(
-            config, data, datasets=datasets, out_dir=out_dir, progress=progress, resume=resume,
-            score_holdout=score_holdout, rank=rank, world_size=world_size, configure_trainer=configure_trainer,
-        )
-
-
-def _train_model(
-    config: TrainConfig,
-    data: LabeledData,
-    *,
-    datasets: list[str] | None = None,
-    out_dir: str | Path | None = None,
-    progress: bool = False,
-    resume: bool = False,
-    score_holdout: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-    configure_trainer: Callable[[Trainer], None] | None = None,
-) -> TrainingRun:
     started = time.perf_counter()
     split = make_split(data.labels, data.batches, config.holdout_batches, config.validation_fraction, config.seed)
     labels = np.asarray(data.labels).astype(str)
