@@ -2,11 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
 
 from model.bundle import ModelBundle, save_bundle
-from model.classifier import CellTypeClassifier, ClassifierConfig
-from model.preprocessing import Preprocessing
+from tests.factories import random_bundle
 
 GENES = [f"G{i}" for i in range(40)]
 CLASSES = ["B", "Mono", "T"]
@@ -14,20 +12,8 @@ CLASSES = ["B", "Mono", "T"]
 
 def make_bundle(norm: str = "batchrenorm", seed: int = 0) -> ModelBundle:
     """A classifier with random weights and non-trivial running statistics, bundled."""
-    torch.manual_seed(seed)
-    model = CellTypeClassifier(ClassifierConfig(n_genes=len(GENES), n_classes=len(CLASSES), hidden_sizes=(16, 8), norm=norm))
-    model.train()
-    with torch.no_grad():
-        for _ in range(5):
-            model(torch.randn(32, len(GENES)) * 2 + 1)
-    model.set_input_scaling(torch.rand(len(GENES)), torch.rand(len(GENES)) + 0.5)
-    return ModelBundle.from_model(
-        model,
-        genes=list(GENES),
-        classes=list(CLASSES),
-        preprocessing=Preprocessing(),
-        temperature=1.5,
-        unknown_threshold=0.4,
+    return random_bundle(
+        GENES, CLASSES, seed=seed, norm=norm, temperature=1.5, unknown_threshold=0.4,
         metadata={"train_batches": ["lab1", "lab2"]},
     )
 

@@ -9,15 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from model.bundle import ModelBundle, save_bundle
-from model.classifier import CellTypeClassifier, ClassifierConfig
 from model.predict import Annotation, Predictor
-from model.preprocessing import Preprocessing
 from service.app import create_app
 from service.settings import Settings
+from tests.factories import random_bundle
 
 GENES = [f"G{i}" for i in range(40)]
 CLASSES = ["B", "Mono", "NK", "T"]
@@ -25,21 +23,11 @@ CLASSES = ["B", "Mono", "NK", "T"]
 
 def make_bundle(seed: int = 0, *, genes: list[str] | None = None, threshold: float = 0.3) -> ModelBundle:
     """A classifier with random weights and non-trivial running statistics, bundled with metadata."""
-    genes = list(genes or GENES)
-    torch.manual_seed(seed)
-    model = CellTypeClassifier(
-        ClassifierConfig(n_genes=len(genes), n_classes=len(CLASSES), hidden_sizes=(16, 8))
-    )
-    model.train()
-    with torch.no_grad():
-        for _ in range(5):
-            model(torch.randn(32, len(genes)) * 2 + 1)
-    model.set_input_scaling(torch.rand(len(genes)) * 2, torch.rand(len(genes)) + 0.5)
-    return ModelBundle.from_model(
-        model,
-        genes=genes,
-        classes=list(CLASSES),
-        preprocessing=Preprocessing(),
+    return random_bundle(
+        list(genes or GENES),
+        CLASSES,
+        seed=seed,
+        input_mean_scale=2.0,
         temperature=1.3,
         unknown_threshold=threshold,
         metadata={

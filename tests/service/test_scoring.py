@@ -10,16 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import torch
 
 import service.scoring as scoring
-from model.bundle import UNKNOWN_LABEL, ModelBundle, save_bundle
-from model.classifier import CellTypeClassifier, ClassifierConfig
+from model.bundle import UNKNOWN_LABEL, save_bundle
 from model.errors import GeneMismatchError, InputError, InputKindError
 from model.predict import Predictor
-from model.preprocessing import Preprocessing
 from service.scoring import ScoringJob, run_scoring
 from service.scoring_io import H5adRows, ScoringError
+from tests.factories import random_bundle
 
 MODEL_GENES = [f"G{i}" for i in range(60)]
 CLASSES = ["B", "Mono", "NK", "T"]
@@ -28,22 +26,8 @@ N_CELLS = 120
 
 def make_bundle_dir(directory: Path, seed: int = 0, classes: list[str] = CLASSES) -> Path:
     """A saved bundle over MODEL_GENES with random weights and non-trivial running statistics."""
-    torch.manual_seed(seed)
-    model = CellTypeClassifier(
-        ClassifierConfig(n_genes=len(MODEL_GENES), n_classes=len(classes), hidden_sizes=(16, 8))
-    )
-    model.train()
-    with torch.no_grad():
-        for _ in range(5):
-            model(torch.randn(64, len(MODEL_GENES)) * 2 + 1)
-    model.set_input_scaling(torch.rand(len(MODEL_GENES)) * 2, torch.rand(len(MODEL_GENES)) + 0.5)
-    bundle = ModelBundle.from_model(
-        model,
-        genes=list(MODEL_GENES),
-        classes=list(classes),
-        preprocessing=Preprocessing(),
-        temperature=0.5,
-        unknown_threshold=0.45,
+    bundle = random_bundle(
+        MODEL_GENES, classes, seed=seed, settle_rows=64, input_mean_scale=2.0, temperature=0.5, unknown_threshold=0.45
     )
     save_bundle(bundle, directory)
     return directory
