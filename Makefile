@@ -20,8 +20,9 @@ setup: $(BIN)/celltype  ## create .venv with CPU torch and the project
 demo: setup  ## train on the bundled data, register, promote, then serve on :$(PORT)
 	bash scripts/demo.sh
 
-test: setup  ## the full test suite (starts PostgreSQL if needed)
+test: setup  ## the full test suite (starts PostgreSQL if needed; installs Debian's chromium for the page tests)
 	bash scripts/ensure_postgres.sh
+	bash scripts/ensure_chromium.sh || test -z "$$CI"  # on a laptop without root the browser tests skip
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 

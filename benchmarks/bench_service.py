@@ -7,8 +7,12 @@ concurrency) runs for a fixed time with pre-encoded bodies; it reports p50/p99 l
 second and errors, and our cells/s as a multiple of MLflow's on the same payload and concurrency.
 
     python -m benchmarks.bench_service [--quick] [--write] [--skip-mlflow]
+    python -m benchmarks.bench_service --json-reader [--quick] [--write]
 
-``--write`` replaces the ``bench_service`` section of ``docs/benchmarks.md``.
+``--write`` replaces the ``bench_service`` section of ``docs/benchmarks.md``. ``--json-reader`` instead
+measures the compiled JSON reader (:mod:`service.decoding.json_rows`) against orjson alone on the
+1000-cell ``/v1/predict`` JSON body: two servers, identical but for the reader, measured in turns; it
+writes the ``bench_json_reader`` section.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -38,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION_START = "<!-- bench_service:start -->"
 SECTION_END = "<!-- bench_service:end -->"
+READER_SECTION_START = "<!-- bench_json_reader:start -->"
+READER_SECTION_END = "<!-- bench_json_reader:end -->"
+READER_REPEATS = 3
 N_GENES = 2000
 N_CLASSES = 10
 CELLS = (1, 100, 1000)
@@ -291,6 +300,122 @@ def measure(
 
 
 # --------------------------------------------------------------------------------------------------
+# Compiled JSON reader vs orjson alone
+# --------------------------------------------------------------------------------------------------
+
+
+def serve_with_orjson_reader(argv: list[str]) -> None:
+    """``celltype serve`` with ``/v1/predict`` JSON bodies read by orjson alone (the strict reader).
+
+    The strict reader is what remains without the compiled one: ``orjson.loads`` and a type check of
+    every value in Python. Run in the server's own process (see :func:`start_orjson_celltype`).
+    """
+    import service.decoding.predict as predict_decoding
+    from cli.main import main as celltype_main
+
+    predict_decoding.read_json = strict_read_json
+    sys.exit(celltype_main(argv))
+
+
+def start_orjson_celltype(bundle: Path, port: int, log: Path) -> subprocess.Popen:
+    """Like :func:`start_celltype` (one worker), with the JSON body read by orjson alone."""
+    argv = ["serve", "--model", str(bundle), "--port", str(port), "--workers", "1", "--log-level", "warning"]
+    code = f"from benchmarks.bench_service import serve_with_orjson_reader; serve_with_orjson_reader({argv!r})"
+    env = {**os.environ, "CELLTYPE_DEVICE": "cpu", "CELLTYPE_MAX_QUEUE": "256"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    wait_until_ready(f"http://127.0.0.1:{port}/health/ready", process, 120)
+    return process
+
+
+def strict_read_json(body: bytes, decode: Callable[[Any], Any], rows_at: Any = None) -> Any:
+    """:func:`service.decoding.json_body.read_json` without the compiled reader: orjson alone, values checked in Python."""
+    from service.decoding.json_body import JsonBody
+
+    return decode(JsonBody(body, strict=True))
+
+
+def decode_only_ms(body: bytes, repeats: int = 5) -> dict[str, float]:
+    """Median CPU ms to decode ``body`` in this process, by reader ("compiled", "orjson")."""
+    import service.decoding.predict as predict_decoding
+
+    predict_decoding.warm_up()
+    compiled = predict_decoding.read_json
+    timings = {}
+    for name, reader in (("compiled", compiled), ("orjson", strict_read_json)):
+        predict_decoding.read_json = reader
+        try:
+            samples = []
+            for _ in range(repeats + 1):
+                started = time.process_time()
+                predict_decoding.decode_predict_json(body, 10_000)
+                samples.append((time.process_time() - started) * 1000)
+        finally:
+            predict_decoding.read_json = compiled
+        timings[name] = float(np.median(samples[1:]))
+    return timings
+
+
+def measure_json_reader(bundle: Path, body: bytes, directory: Path, duration_s: float) -> list[Result]:
+    """The 1000-cell JSON body at 1 client on both servers, in turns, :data:`READER_REPEATS` times each."""
+    compiled = start_celltype(bundle, compiled_port := free_port(), 1, directory / "compiled.log")
+    try:
+        strict = start_orjson_celltype(bundle, strict_port := free_port(), directory / "orjson.log")
+        try:
+            results = []
+            for _ in range(READER_REPEATS):
+                for server, process, port in (("compiled", compiled, compiled_port), ("orjson", strict, strict_port)):
+                    scenario = Scenario(server, "/v1/predict", "json", 1000, 1)
+                    url = f"http://127.0.0.1:{port}/v1/predict"
+                    result = run_scenario(scenario, url, "application/json", body, duration_s, process.pid)
+                    print(format_row(result, None, None), flush=True)
+                    results.append(result)
+            return results
+        finally:
+            stop(strict)
+    finally:
+        stop(compiled)
+
+
+def reader_report(results: list[Result], decode_ms: dict[str, float], load: tuple[float, float]) -> str:
+    """The markdown section of the JSON reader comparison, with the verdict."""
+    by_reader = {name: [r for r in results if r.scenario.server == name] for name in ("compiled", "orjson")}
+    cells = {name: float(np.median([r.cells_per_s for r in runs])) for name, runs in by_reader.items()}
+    cpu = {name: float(np.median([r.server_cpu_ms for r in runs])) for name, runs in by_reader.items()}
+    gain = cells["compiled"] / cells["orjson"] - 1 if cells["orjson"] else float("nan")
+    rows = [
+        f"| {name} | {len(by_reader[name])} | {', '.join(f'{r.cells_per_s:,.0f}' for r in by_reader[name])} | "
+        f"{cells[name]:,.0f} | {cpu[name]:.1f} | {decode_ms[name]:.1f} |"
+        for name in ("compiled", "orjson")
+    ]
+    verdict = "keeps its place" if gain >= 0.15 else "does not pay for itself"
+    return "\n".join(
+        [
+            "## JSON reader: compiled (numba) vs orjson alone",
+            "",
+            f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores ({platform.machine()}, Python "
+            f"{platform.python_version()}); the model and body of the serving benchmark: `/v1/predict`, 1000 cells x "
+            f"{N_GENES} genes of raw counts as JSON rows (6 MB), 1 client, over loopback. Two `celltype serve` "
+            "processes differ only in the reader: *compiled* = the service as shipped (numba reads the rows into "
+            "float32, simdjson the rest); *orjson* = `orjson.loads` and a check of every value in Python (the "
+            "strict reader, what is left without the compiled one). They are measured in turns, "
+            f"{READER_REPEATS} runs each. `server CPU ms/request` is the CPU time of the server process per "
+            "request; `decode CPU ms` is decoding alone, in the benchmark's process. 1-minute load average: "
+            f"{load[0]:.1f} at the start, {load[1]:.1f} at the end. Command: "
+            "`python -m benchmarks.bench_service --json-reader --write`.",
+            "",
+            "| reader | runs | cells/s per run | cells/s (median) | server CPU ms/request (median) | decode CPU ms |",
+            "|---|---:|---|---:|---:|---:|",
+            *rows,
+            "",
+            f"End to end the compiled reader gives {gain:+.0%} cells/s and "
+            f"{cpu['orjson'] / cpu['compiled']:.1f}x less server CPU per request; the bar was +15%, so it {verdict}.",
+        ]
+    ) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------
 
@@ -392,9 +517,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--skip-mlflow", action="store_true", help="measure celltype serve only")
     parser.add_argument("--workers", type=int, default=1, help="celltype serve --workers (default 1)")
+    parser.add_argument("--json-reader", action="store_true", help="compare the compiled JSON reader with orjson alone")
     args = parser.parse_args(argv)
     duration_s = 2.0 if args.quick else 8.0
     load_at_start = os.getloadavg()[0]
+    if args.json_reader:
+        return json_reader_main(duration_s, load_at_start, args.write)
 
     with tempfile.TemporaryDirectory(prefix="celltype-bench-") as scratch:
         directory = Path(scratch)
@@ -421,6 +549,25 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write:
         replace_section(DOC, SECTION_START, SECTION_END, text)
+        print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+
+def json_reader_main(duration_s: float, load_at_start: float, write: bool) -> int:
+    """``--json-reader``: run :func:`measure_json_reader`, print the section, with ``write`` update the doc."""
+    with tempfile.TemporaryDirectory(prefix="celltype-bench-") as scratch:
+        directory = Path(scratch)
+        genes, bundle = make_bundle(directory)
+        body = json.dumps({"genes": genes, "cells": make_counts(1000, seed=1000).tolist()}).encode()
+        decode_ms = decode_only_ms(body)
+        print(HEADER, flush=True)
+        results = measure_json_reader(bundle, body, directory, duration_s)
+    text = reader_report(results, decode_ms, (load_at_start, os.getloadavg()[0]))
+    print()
+    print(text)
+    if write:
+        replace_section(DOC, READER_SECTION_START, READER_SECTION_END, text)
         print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 

@@ -146,7 +146,7 @@ def train_and_score(data: Any, holdout: str, seed: int, overrides: list[str], ad
     """Train on every batch but ``holdout``; score the held-out batch, own training cells and AdaBN."""
     from model.adapt import adapt_bundle
     from training.config import resolve_config
-    from training.trainer import train_model
+    from training.pipeline import train_model
 
     config = resolve_config(None, overrides, {"holdout_batches": (holdout,), "seed": seed, "device": "cpu"})
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """The conclusions paragraph of the evidence report, computed from the results (no hand-written numbers).
 
 Each statement compares means over leave-one-batch-out folds (per seed first, then over the seeds that
-finished every fold; see :func:`benchmarks.evidence_report._per_seed_means`). Differences are in
+finished every fold; see :func:`benchmarks.evidence_stats.per_seed_means`). Differences are in
 macro-F1 points ×100 ("pp"); a difference within ±1 pp is called "no difference".
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from benchmarks.evidence_stats import per_seed_means
 
 TIE_PP = 1.0
 """Differences of at most this many macro-F1 points (×100) are reported as ties."""
@@ -24,10 +26,8 @@ def _rows(jobs: list[dict[str, Any]], dataset: str, variant: dict[str, str]) -> 
 def score(jobs: list[dict[str, Any]], dataset: str, variant: dict[str, str], part: str = "holdout",
           folds: set[str] | None = None) -> tuple[float | None, int]:
     """Mean macro-F1 of ``part`` over folds (and complete seeds) of one grid cell; with the number of seeds."""
-    from benchmarks.evidence_report import _per_seed_means
-
     rows = [r for r in _rows(jobs, dataset, variant) if folds is None or r["holdout"] in folds]
-    values = _per_seed_means(rows, "macro_f1", part)
+    values = per_seed_means(rows, "macro_f1", part)
     return (float(np.mean(values)), len(values)) if values else (None, 0)
 
 

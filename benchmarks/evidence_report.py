@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.docs_section import replace_section
-from benchmarks.evidence_conclusions import conclusions
+from benchmarks.evidence_conclusions import DEFAULT, conclusions, score
+from benchmarks.evidence_stats import per_seed_means
 
 START, END = "<!-- evidence:start -->", "<!-- evidence:end -->"
 
@@ -22,17 +23,6 @@ def _fmt(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{np.mean(values):.3f} ± {np.std(values):.3f} (n={len(values)})"
-
-
-def _per_seed_means(rows: list[dict[str, Any]], metric: str, part: str) -> list[float]:
-    """Mean over folds per seed (the unit of mean ± std), only of seeds that finished every fold of ``rows``."""
-    by_seed: dict[int, dict[str, float]] = defaultdict(dict)
-    for row in rows:
-        value = row["result"].get(part, {}).get(metric)
-        if value is not None:
-            by_seed[row["seed"]][row.get("holdout", "")] = value
-    folds = max((len(v) for v in by_seed.values()), default=0)
-    return [float(np.mean(list(v.values()))) for _, v in sorted(by_seed.items()) if len(v) == folds]
 
 
 def _ok(jobs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -49,7 +39,7 @@ def _main_table(jobs: list[dict[str, Any]]) -> tuple[str, dict[tuple[str, str, s
         cells = []
         for d in datasets:
             rows = [j for j in main if j["dataset"] == d and j["variant"]["sampler"] == sampler and j["variant"]["norm"] == norm]
-            values = _per_seed_means(rows, "macro_f1", "holdout")
+            values = per_seed_means(rows, "macro_f1", "holdout")
             cells.append(_fmt(values))
             if values:
                 plot[(d, sampler, norm)] = float(np.mean(values))
@@ -94,7 +84,7 @@ def _adapt_table(jobs: list[dict[str, Any]]) -> str:
     for (setting, norm, sampler), rows in sorted(groups.items()):
         if norm not in ("batchrenorm", "batchnorm"):
             continue
-        cells = [_fmt(_per_seed_means(rows, "macro_f1", part)) for part in ("holdout", "adabn", "adabn_inputs", "train_eval")]
+        cells = [_fmt(per_seed_means(rows, "macro_f1", part)) for part in ("holdout", "adabn", "adabn_inputs", "train_eval")]
         lines.append(f"| {setting} | {norm} | {sampler} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -108,7 +98,7 @@ def _synthetic_table(jobs: list[dict[str, Any]]) -> str:
         v = j["variant"]
         groups[(j["lab_effect"], j["confounded"], v["sampler"], v["norm"], v.get("augment_mode", "none"))].append(j)
     for key, rows in sorted(groups.items()):
-        cells = [_fmt(_per_seed_means(rows, "macro_f1", p)) for p in ("train_eval", "holdout", "adabn")]
+        cells = [_fmt(per_seed_means(rows, "macro_f1", p)) for p in ("train_eval", "holdout", "adabn")]
         lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -127,13 +117,12 @@ def _lobo_variant_table(jobs: list[dict[str, Any]], group: str, label: str) -> s
     for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], str(kv[0][3]).zfill(4))):
         if key[0] not in datasets_in_group or (group == "augment" and key[2] != "batchrenorm"):
             continue
-        lines.append("| " + " | ".join(map(str, key)) + " | " + _fmt(_per_seed_means(rows, "macro_f1", "holdout"))
-                     + " | " + _fmt(_per_seed_means(rows, "accuracy", "holdout")) + " |")
+        lines.append("| " + " | ".join(map(str, key)) + " | " + _fmt(per_seed_means(rows, "macro_f1", "holdout"))
+                     + " | " + _fmt(per_seed_means(rows, "accuracy", "holdout")) + " |")
     return "\n".join(lines)
 
 
 def _peer_summary(jobs: list[dict[str, Any]]) -> str:
-    from benchmarks.evidence_conclusions import DEFAULT, score
 
     peers = [j for j in jobs if j["kind"] == "peer"]
     main = [j for j in jobs if j["kind"] == "lobo" and j["group"] == "main"]
@@ -221,7 +210,7 @@ def _batch_size_plot(jobs: list[dict[str, Any]], img_dir: Path, prefix: str, plt
             for norm in ("batchrenorm", "batchnorm"):
                 points = []
                 for size in sorted({int(j["variant"]["batch_size"]) for j in rows}):
-                    values = _per_seed_means([j for j in rows if j["variant"] == {"norm": norm, "sampler": sampler,
+                    values = per_seed_means([j for j in rows if j["variant"] == {"norm": norm, "sampler": sampler,
                                               "batch_size": str(size)}], "macro_f1", part)
                     if values:
                         points.append((size, float(np.mean(values))))

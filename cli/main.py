@@ -2,7 +2,8 @@
 
 Each package contributes its subcommands through an ``add_commands(subparsers)`` function that adds
 parsers with a ``handler`` default; handlers return an exit code. Errors this project raises on purpose
-(:class:`model.errors.CellTypeError`) become a one-line message and exit code 2, never a traceback.
+(:class:`model.errors.CellTypeError`) become a one-line message and exit code 2
+(:data:`training.run.EXIT_INPUT`), never a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from model.errors import CellTypeError
+from training.run import EXIT_INPUT
 
 COMMAND_MODULES = ("training.cli", "training.registry_cli", "service.cli", "service.score_cli", "training.adapt_cli")
 """Modules whose ``add_commands`` register subcommands, in the order they appear in ``--help``."""
@@ -38,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except CellTypeError as exc:
         print(f"celltype {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     except KeyboardInterrupt:
         print(f"celltype {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -2,7 +2,10 @@
 
 A model is trained on ``log1p(x / total * target_sum)`` of each cell, where ``total`` is the cell's sum
 over the model's own genes: the answer for a cell then never depends on which extra genes a client
-happens to send. Clients send either raw counts (``input_kind="counts"``, the default; the model does
+happens to send. This module is the one place that normalization is written: :func:`to_model_input`
+(dense, in place: training's mini-batches and every prediction) and :func:`log_normalize_sparse` (CSR
+in, CSR out: gene selection and synthetic log-normalized data), both scaled by :func:`per_cell_scale`;
+the target sum's default is :class:`Preprocessing`'s, the object saved in every bundle. Clients send either raw counts (``input_kind="counts"``, the default; the model does
 the rest) or values that are already log-normalized that way (``"lognorm"``). The values are checked
 against the declared kind, so that log data sent as counts (or the reverse) is refused with a message
 that says what to send instead, never silently mis-scaled.
@@ -173,9 +176,85 @@ def to_model_input(values: np.ndarray, input_kind: str, target_sum: float) -> np
     """
     if check_input_kind(input_kind) == "lognorm":
         return values
-    totals = values.sum(axis=1, dtype=np.float64)
-    scale = np.zeros_like(totals)
-    np.divide(target_sum, totals, out=scale, where=totals > 0)
+    scale = per_cell_scale(values.sum(axis=1, dtype=np.float64), target_sum)
     values *= scale.astype(values.dtype)[:, None]
     np.log1p(values, out=values)
     return values
+
+
+def log_normalize_sparse(counts: sp.csr_matrix, target_sum: float, dtype: np.dtype | type = np.float32) -> sp.csr_matrix:
+    """A new CSR matrix of ``log1p(counts / row_total * target_sum)``, computed in ``dtype``, never densified.
+
+    The sparse twin of :func:`to_model_input` for counts: the same per-cell totals (summed in the dtype of
+    ``counts``) and :func:`per_cell_scale`; only the stored values are scaled, so the sparsity pattern is
+    that of ``counts`` (rows summing to 0 stay 0). ``counts`` is not modified.
+    """
+    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).reshape(-1)
+    values = counts.data.astype(dtype, copy=True)
+    values *= np.repeat(per_cell_scale(totals, target_sum).astype(dtype), np.diff(counts.indptr))
+    np.log1p(values, out=values)
+    return sp.csr_matrix((values, counts.indices.copy(), counts.indptr.copy()), shape=counts.shape)
+
+
+def per_cell_scale(totals: np.ndarray, target_sum: float) -> np.ndarray:
+    """``target_sum / total`` per cell as float64, 0 for cells whose total is 0 (they stay all zero)."""
+    scale = np.zeros_like(totals, dtype=np.float64)
+    np.divide(target_sum, totals, out=scale, where=totals > 0)
+    return scale
+
+
+class CellValuesError(InputKindError):
+    """:func:`check_rows`: a value of one cell is refused on its own; ``cell`` is that cell's row."""
+
+    def __init__(self, message: str, cell: int) -> None:
+        super().__init__(message)
+        self.cell = cell
+
+
+def refused_values(values: np.ndarray, input_kind: str) -> np.ndarray:
+    """Mask of the values :func:`check_values` refuses one by one for ``input_kind``.
+
+    Non-finite and negative values; for counts, values further than the tolerance from a whole number;
+    for log-normalized values, those above :data:`LOGNORM_MAX`. (:func:`check_values` also refuses
+    log-normalized data made only of whole numbers, which no single value shows.)
+    """
+    with np.errstate(invalid="ignore"):
+        refused = ~np.isfinite(values) | (values < 0)
+        if check_input_kind(input_kind) == "counts":
+            refused |= ~_is_integer_valued(values)
+        else:
+            refused |= values > LOGNORM_MAX
+    return refused
+
+
+def check_rows(X: np.ndarray | sp.csr_matrix, input_kind: str, first_row: int = 0) -> None:
+    """:func:`check_values` for rows of a larger matrix (``X`` holds its rows ``first_row, first_row + 1, ...``).
+
+    Raises:
+        CellValuesError: a value is refused on its own. The message is :func:`check_values`' for the first
+            row holding one, with cells numbered as in the larger matrix; ``cell`` is that row.
+        InputKindError: the rows are refused only together (log-normalized values that are all whole numbers).
+    """
+    try:
+        check_values(X, input_kind)
+        return
+    except InputKindError as exc:
+        together = exc
+    refused = refused_values(_values(X), input_kind)
+    if sp.issparse(X):
+        rows = np.searchsorted(X.indptr, np.flatnonzero(refused), side="right") - 1
+    else:
+        rows = np.flatnonzero(refused.reshape(X.shape).any(axis=1))
+    if rows.size == 0:
+        raise together
+    row = int(rows[0])
+    cell = sp.csr_matrix(X[row : row + 1])
+    numbered = sp.csr_matrix(  # the cell preceded by empty rows, so that check_values names its row
+        (cell.data, cell.indices, np.concatenate([np.zeros(first_row + row, dtype=np.int64), cell.indptr])),
+        shape=(first_row + row + 1, X.shape[1]),
+    )
+    try:
+        check_values(numbered, input_kind)
+    except InputKindError as exc:
+        raise CellValuesError(str(exc), first_row + row) from None
+    raise together

@@ -28,21 +28,19 @@ from mlflow.types import ColSpec, Schema
 
 from model.bundle import MANIFEST_FILE, WEIGHTS_FILE, load_bundle
 from model.errors import InputError
+from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PYFUNC_PROBABILITY_PREFIX
 from model.predict import Predictor
-from model.registry import BUNDLE_ARTIFACT_NAME
+from model.registry.fetch import BUNDLE_ARTIFACT_NAME
 
 CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
 """The models-from-code file logged as the pyfunc's ``python_model``."""
-LABEL_COLUMN = "predicted_cell_type"
-CONFIDENCE_COLUMN = "confidence"
-PROBABILITY_PREFIX = "prob_"
 REQUIREMENTS = ("mlflow", "torch", "numpy", "scipy", "pandas", "safetensors")
 """Packages the pyfunc needs where it is served (pinned to the versions installed at logging time)."""
 
 
 def probability_column(cell_type: str) -> str:
     """Name of the output column holding the probability of ``cell_type``."""
-    return f"{PROBABILITY_PREFIX}{cell_type}"
+    return f"{PYFUNC_PROBABILITY_PREFIX}{cell_type}"
 
 
 def predictions_frame(predictor: Predictor, model_input: pd.DataFrame) -> pd.DataFrame:

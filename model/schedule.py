@@ -3,8 +3,8 @@
 The schedule is a pure function of the optimizer step (not of a count of forward passes, which
 drifts under gradient accumulation or extra train-mode forwards). Following Ioffe (2017): plain
 batch norm (``r_max = 1``, ``d_max = 0``) during a warm-up, then ``r_max`` relaxed linearly to its
-final value and ``d_max`` likewise, each by its own ramp end, and constant afterwards. The default
-fractions are the paper's 5k / 40k / 25k steps of 160k.
+final value and ``d_max`` likewise, each by its own ramp end, and constant afterwards. The defaults
+(:class:`RenormSchedule`'s fields) are the ones training uses.
 
 Typical use, once per optimizer step::
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from model.batchrenorm import BatchRenorm1d
 
-__all__ = ["RenormSchedule", "apply_renorm_limits", "renorm_limits"]
+__all__ = ["DEFAULT_SCHEDULE", "RenormSchedule", "apply_renorm_limits", "renorm_limits"]
 
 
 def _check_final_limits(r_max_final: float, d_max_final: float) -> None:
@@ -64,59 +64,14 @@ def _ramp(step: int, start: float, end: float) -> float:
     return (step - start) / (end - start)
 
 
-def renorm_limits(
-    step: int,
-    total_steps: int,
-    *,
-    warmup_fraction: float = 5 / 160,
-    r_max_final: float = 3.0,
-    d_max_final: float = 5.0,
-    r_ramp_end_fraction: float = 40 / 160,
-    d_ramp_end_fraction: float = 25 / 160,
-) -> tuple[float, float]:
-    """Return ``(r_max, d_max)`` for optimizer step ``step`` of ``total_steps``.
-
-    Plain batch norm, ``(1.0, 0.0)``, until ``warmup_fraction * total_steps``; then ``r_max`` grows
-    linearly from 1 to ``r_max_final`` at ``r_ramp_end_fraction * total_steps`` and ``d_max`` from 0 to
-    ``d_max_final`` at ``d_ramp_end_fraction * total_steps``; both stay at their final values after
-    their ramp ends (also for ``step > total_steps``). A pure function: the same arguments always give
-    the same result.
-
-    Args:
-        step: the optimizer step, counted from 0.
-        total_steps: the number of optimizer steps of the run (> 0).
-        warmup_fraction: fraction of the run trained as plain batch norm, in [0, 1].
-        r_max_final: final ``r_max`` (finite, >= 1).
-        d_max_final: final ``d_max`` (finite, >= 0).
-        r_ramp_end_fraction: fraction of the run at which ``r_max`` reaches its final value, in
-            [warmup_fraction, 1].
-        d_ramp_end_fraction: fraction of the run at which ``d_max`` reaches its final value, in
-            [warmup_fraction, 1].
-
-    Returns:
-        ``(r_max, d_max)`` as floats.
-
-    Raises:
-        ValueError: for a negative or non-integer ``step``, a non-positive or non-integer
-            ``total_steps``, or fractions or final values outside their ranges.
-    """
-    step = _as_step(step, "step")
-    total_steps = _as_step(total_steps, "total_steps")
-    if step < 0:
-        raise ValueError(f"step must be >= 0 (got {step})")
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0 (got {total_steps})")
-    _check_fractions(warmup_fraction, r_ramp_end_fraction, d_ramp_end_fraction)
-    _check_final_limits(r_max_final, d_max_final)
-    warmup_end = warmup_fraction * total_steps
-    r_progress = _ramp(step, warmup_end, r_ramp_end_fraction * total_steps)
-    d_progress = _ramp(step, warmup_end, d_ramp_end_fraction * total_steps)
-    return 1.0 + (r_max_final - 1.0) * r_progress, d_max_final * d_progress
-
-
 @dataclass(frozen=True)
 class RenormSchedule:
-    """The clip-bound schedule of :func:`renorm_limits` with its settings bound, validated on creation.
+    """The clip-bound schedule with its settings, validated on creation; its defaults are THE defaults.
+
+    Training's config keys ``brn_*`` (:class:`training.config.TrainConfig`) default to these fields,
+    so this class is the one place the schedule's defaults are written. They are a shorter warm-up and
+    later ramp ends than the paper's 5k / 40k / 25k of 160k steps (pass
+    ``warmup_fraction=5/160, r_ramp_end_fraction=40/160, d_ramp_end_fraction=25/160`` for those).
 
     Example::
 
@@ -131,11 +86,11 @@ class RenormSchedule:
         d_ramp_end_fraction: fraction of the run at which ``d_max`` is final, in [warmup_fraction, 1].
     """
 
-    warmup_fraction: float = 5 / 160
+    warmup_fraction: float = 0.1
     r_max_final: float = 3.0
     d_max_final: float = 5.0
-    r_ramp_end_fraction: float = 40 / 160
-    d_ramp_end_fraction: float = 25 / 160
+    r_ramp_end_fraction: float = 0.5
+    d_ramp_end_fraction: float = 0.4
 
     def __post_init__(self) -> None:
         """Validate the fractions and final values (``ValueError`` when out of range)."""
@@ -143,16 +98,50 @@ class RenormSchedule:
         _check_final_limits(self.r_max_final, self.d_max_final)
 
     def __call__(self, step: int, total_steps: int) -> tuple[float, float]:
-        """Return ``(r_max, d_max)`` for optimizer step ``step`` of ``total_steps``."""
-        return renorm_limits(
-            step,
-            total_steps,
-            warmup_fraction=self.warmup_fraction,
-            r_max_final=self.r_max_final,
-            d_max_final=self.d_max_final,
-            r_ramp_end_fraction=self.r_ramp_end_fraction,
-            d_ramp_end_fraction=self.d_ramp_end_fraction,
-        )
+        """Return ``(r_max, d_max)`` for optimizer step ``step`` (from 0) of ``total_steps`` (> 0).
+
+        Plain batch norm, ``(1.0, 0.0)``, until ``warmup_fraction * total_steps``; then ``r_max`` grows
+        linearly from 1 to ``r_max_final`` at ``r_ramp_end_fraction * total_steps`` and ``d_max`` from 0
+        to ``d_max_final`` at ``d_ramp_end_fraction * total_steps``; both stay at their final values
+        after their ramp ends (also for ``step > total_steps``).
+
+        Raises:
+            ValueError: for a negative or non-integer ``step``, or a non-positive or non-integer
+                ``total_steps``.
+        """
+        step = _as_step(step, "step")
+        total_steps = _as_step(total_steps, "total_steps")
+        if step < 0:
+            raise ValueError(f"step must be >= 0 (got {step})")
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be > 0 (got {total_steps})")
+        warmup_end = self.warmup_fraction * total_steps
+        r_progress = _ramp(step, warmup_end, self.r_ramp_end_fraction * total_steps)
+        d_progress = _ramp(step, warmup_end, self.d_ramp_end_fraction * total_steps)
+        return 1.0 + (self.r_max_final - 1.0) * r_progress, self.d_max_final * d_progress
+
+
+DEFAULT_SCHEDULE = RenormSchedule()
+"""The schedule training uses unless its config says otherwise."""
+
+
+def renorm_limits(step: int, total_steps: int, **settings: float) -> tuple[float, float]:
+    """Return ``(r_max, d_max)`` for optimizer step ``step`` of ``total_steps``: ``RenormSchedule(**settings)``.
+
+    A pure function: the same arguments always give the same result.
+
+    Args:
+        step: the optimizer step, counted from 0.
+        total_steps: the number of optimizer steps of the run (> 0).
+        settings: :class:`RenormSchedule` fields that differ from its defaults (``warmup_fraction``,
+            ``r_max_final``, ``d_max_final``, ``r_ramp_end_fraction``, ``d_ramp_end_fraction``).
+
+    Raises:
+        ValueError: for a negative or non-integer ``step``, a non-positive or non-integer
+            ``total_steps``, or settings outside their ranges.
+    """
+    schedule = RenormSchedule(**settings) if settings else DEFAULT_SCHEDULE
+    return schedule(step, total_steps)
 
 
 def apply_renorm_limits(module: nn.Module, r_max: float, d_max: float) -> int:

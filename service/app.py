@@ -1,20 +1,18 @@
-"""The FastAPI application: ``create_app(settings)`` wires settings, model store, runner, metrics and routes.
+"""The FastAPI application: ``create_app(settings)`` wires settings, model store, runner, metrics and routes,
+and maps errors to answers.
 
 Errors become JSON answers with a ``detail`` that says what to fix: the model core's input errors are
-422, malformed bodies 400, oversized ones 413, unsupported content types 415, overload 503 (with
-``Retry-After``), timeouts 504. Anything unforeseen is a JSON 500 naming the request id, with the
+422; the request errors of :mod:`service.errors` get their status (422 unusable content, 400 malformed
+bodies, 413 oversized ones, 415 unsupported content types); overload is 503 (with ``Retry-After``),
+timeouts 504. Anything unforeseen is a JSON 500 naming the request id, with the
 traceback in the server log only.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,14 +20,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.errors import GeneMismatchError, InputError, InputKindError
 from model.predict import Predictor
-from service import schemas
 from service.deps import require_api_key
+from service.errors import STATUS, RequestInputError
 from service.inference import InferenceRunner, InferenceTimeoutError, OverloadedError
+from service.lifespan import default_loader, lifespan
 from service.model_store import Loader, ModelStore
-from service.observability import Metrics, ObservabilityMiddleware, mark_process_dead
-from service.routers import admin, health, invocations, predict
+from service.observability import Metrics, ObservabilityMiddleware
+from service.routers import admin, health, invocations, predict, web
 from service.routers import metrics as metrics_routes
 from service.routers import model as model_routes
+from service.schemas import ErrorResponse
 from service.security import BodyLimitMiddleware
 from service.settings import Settings
 
@@ -49,17 +49,6 @@ ERROR_KINDS = {
     504: "timeout",
 }
 """``celltype_errors_total`` kind of each HTTP error status (model input errors have finer kinds)."""
-
-
-def default_loader(settings: Settings) -> Loader:
-    """Load a URI with :meth:`Predictor.load` using the settings' tracking URI, device and overlap."""
-
-    def load(uri: str) -> Predictor:
-        return Predictor.load(
-            uri, tracking_uri=settings.tracking_uri, device=settings.device, min_overlap=settings.min_gene_overlap
-        )
-
-    return load
 
 
 def create_app(
@@ -84,7 +73,9 @@ def create_app(
         title="celltype",
         summary="Cell types for single-cell expression profiles; each cell's answer is independent of the rest.",
         version="0.1.0",
-        lifespan=_lifespan,
+        lifespan=lifespan,
+        docs_url=None,  # offline /docs and /redoc come from service.routers.web
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -96,40 +87,14 @@ def create_app(
     app.add_middleware(ObservabilityMiddleware, metrics=registry)
 
     app.include_router(health.router)
+    app.include_router(web.page_router)
+    web.mount_assets(app)
     protected = [Depends(require_api_key)]
-    unauthorized = {401: {"model": schemas.ErrorResponse, "description": "missing or wrong API key"}}
-    for router in (model_routes.router, predict.router, invocations.router, admin.router, metrics_routes.router):
+    unauthorized = {401: {"model": ErrorResponse, "description": "missing or wrong API key"}}
+    api_routers = (model_routes.router, predict.router, invocations.router, admin.router, metrics_routes.router)
+    for router in (*api_routers, web.router):
         app.include_router(router, dependencies=protected, responses=unauthorized)
     return app
-
-
-@contextlib.asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    store: ModelStore = app.state.store
-    if store.current is None and store.uri is not None:
-        await anyio.to_thread.run_sync(store.load)
-    await anyio.to_thread.run_sync(schemas.warm_up)
-    reloader = None
-    if settings.reload_interval_s > 0:
-        reloader = asyncio.create_task(_reload_periodically(app, settings.reload_interval_s))
-    try:
-        yield
-    finally:
-        if reloader is not None:
-            reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reloader
-        await anyio.to_thread.run_sync(app.state.runner.shutdown)
-        mark_process_dead()
-
-
-async def _reload_periodically(app: FastAPI, interval_s: float) -> None:
-    """Re-resolve the model URI every ``interval_s`` seconds; failures are logged and counted only."""
-    while True:
-        await asyncio.sleep(interval_s)
-        with contextlib.suppress(StarletteHTTPException):
-            await admin.reload_model(app.state.store, app.state.metrics)
 
 
 def _error_response(request: Request, status_code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -156,6 +121,12 @@ def _add_exception_handlers(app: FastAPI, registry: Metrics) -> None:
     async def input_kind(request: Request, exc: InputKindError) -> JSONResponse:
         count("input_values")
         return _error_response(request, 422, str(exc))
+
+    @app.exception_handler(RequestInputError)
+    async def request_error(request: Request, exc: RequestInputError) -> JSONResponse:
+        status = STATUS[type(exc)]
+        count(ERROR_KINDS[status])
+        return _error_response(request, status, exc.detail)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:

@@ -72,7 +72,8 @@ def serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from service.app import create_app, default_loader
+    from service.app import create_app
+    from service.lifespan import default_loader
     from service.model_store import ModelStore
     from service.observability import configure_logging
 

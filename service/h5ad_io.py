@@ -21,13 +21,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from model.outputs import CELL_ID_COLUMN, CONFIDENCE_COLUMN, LABEL_COLUMN, PROBABILITY_COLUMN_PREFIX
 from model.preprocessing import detect_input_kind
-from service.schemas import bad_request, too_many_cells
+from service.errors import BodyTooLargeError, MalformedBodyError, RequestInputError, too_many_cells
 
-PREDICTED_COLUMN = "predicted_cell_type"
-"""``obs`` column receiving the predicted cell type (shared contract with ``celltype score``)."""
-CONFIDENCE_COLUMN = "confidence"
-"""``obs`` column receiving the confidence (shared contract with ``celltype score``)."""
 H5AD_MEDIA_TYPE = "application/x-hdf5"
 """Content type of an annotated ``.h5ad`` answer."""
 
@@ -56,7 +53,7 @@ def check_h5ad(path: str | os.PathLike[str], max_expanded_bytes: int) -> None:
     try:
         handle = h5py.File(path, "r")
     except OSError:
-        raise bad_request("the upload is not an HDF5/.h5ad file; send a file written by anndata", 400) from None
+        raise MalformedBodyError("the upload is not an HDF5/.h5ad file; send a file written by anndata") from None
     with handle:
         problems: list[str] = []
         expanded = 0
@@ -79,19 +76,17 @@ def check_h5ad(path: str | os.PathLike[str], max_expanded_bytes: int) -> None:
         try:
             handle.visititems_links(inspect)
         except (OSError, KeyError, RuntimeError) as exc:
-            raise bad_request(f"the .h5ad file is damaged ({exc})", 400) from None
+            raise MalformedBodyError(f"the .h5ad file is damaged ({exc})") from None
     if problems:
-        raise bad_request(
+        raise RequestInputError(
             "the .h5ad file refers to data outside itself, which is never read: "
             + "; ".join(problems[:5])
-            + ". Save a self-contained file (anndata's write_h5ad)",
-            422,
+            + ". Save a self-contained file (anndata's write_h5ad)"
         )
     if expanded > max_expanded_bytes:
-        raise bad_request(
+        raise BodyTooLargeError(
             f"the .h5ad file expands to {expanded} bytes, more than the {max_expanded_bytes} accepted; "
-            "send fewer cells per upload (or use `celltype score` for large files)",
-            413,
+            "send fewer cells per upload (or use `celltype score` for large files)"
         )
 
 
@@ -118,26 +113,26 @@ def read_h5ad_cells(
     try:
         adata = anndata.read_h5ad(path)
     except Exception as exc:  # anndata raises many kinds for files it cannot read; all mean the same
-        raise bad_request(f"the .h5ad file could not be read by anndata ({type(exc).__name__}: {exc})", 422) from None
+        raise RequestInputError(f"the .h5ad file could not be read by anndata ({type(exc).__name__}: {exc})") from None
     if adata.n_obs > max_cells:
         raise too_many_cells(adata.n_obs, max_cells)
     if adata.n_obs == 0:
-        raise bad_request("the .h5ad file has no cells")
+        raise RequestInputError("the .h5ad file has no cells")
     if layer is None:
         values = adata.X
         if values is None:
-            raise bad_request(f"the .h5ad file has no X; name one of its layers with ?layer= ({list(adata.layers)})")
+            raise RequestInputError(f"the .h5ad file has no X; name one of its layers with ?layer= ({list(adata.layers)})")
     elif layer in adata.layers:
         values = adata.layers[layer]
     else:
-        raise bad_request(f"the .h5ad file has no layer {layer!r}; its layers are {list(adata.layers)}")
+        raise RequestInputError(f"the .h5ad file has no layer {layer!r}; its layers are {list(adata.layers)}")
     matrix = _as_float32(values)
     if gene_column is None:
         genes = [str(g) for g in adata.var_names]
     elif gene_column in adata.var.columns:
         genes = [str(g) for g in adata.var[gene_column]]
     else:
-        raise bad_request(f"var has no column {gene_column!r}; its columns are {list(adata.var.columns)}")
+        raise RequestInputError(f"var has no column {gene_column!r}; its columns are {list(adata.var.columns)}")
     kind = detect_input_kind(matrix) if input_kind == "auto" else input_kind
     return H5adCells(adata, matrix, genes, [str(c) for c in adata.obs_names], kind)
 
@@ -147,19 +142,19 @@ def _as_float32(values: Any) -> np.ndarray | sp.csr_matrix:
         return sp.csr_matrix(values, dtype=np.float32)
     if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype.kind in "iuf":
         return values.astype(np.float32, copy=False)
-    raise bad_request(f"the expression matrix must be numeric (dense or sparse); got {type(values).__name__}")
+    raise RequestInputError(f"the expression matrix must be numeric (dense or sparse); got {type(values).__name__}")
 
 
 def annotated_h5ad(cells: H5adCells, labels: np.ndarray, confidence: np.ndarray, directory: Path) -> bytes:
     """The uploaded file with ``obs['predicted_cell_type']`` and ``obs['confidence']`` added, as bytes."""
     adata = cells.adata
-    adata.obs[PREDICTED_COLUMN] = pd.Categorical(np.asarray(labels, dtype=str))
+    adata.obs[LABEL_COLUMN] = pd.Categorical(np.asarray(labels, dtype=str))
     adata.obs[CONFIDENCE_COLUMN] = np.asarray(confidence, dtype=np.float32)
     target = directory / "annotated.h5ad"
     try:
         adata.write_h5ad(target)
     except Exception as exc:  # a file anndata could read but not write back: tell the client to use CSV
-        raise bad_request(
+        raise RequestInputError(
             f"the annotated file could not be written ({type(exc).__name__}: {exc}); ask for format=csv or json"
         ) from None
     return target.read_bytes()
@@ -171,9 +166,9 @@ def predictions_csv(records: list[dict[str, Any]], classes: list[str]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     with_probabilities = bool(records) and "probabilities" in records[0]
-    header = ["cell_id", PREDICTED_COLUMN, CONFIDENCE_COLUMN]
+    header = [CELL_ID_COLUMN, LABEL_COLUMN, CONFIDENCE_COLUMN]
     if with_probabilities:
-        header += [f"probability:{name}" for name in classes]
+        header += [f"{PROBABILITY_COLUMN_PREFIX}{name}" for name in classes]
     writer.writerow(header)
     for record in records:
         row = [record.get("cell_id", ""), record["label"], repr(record["confidence"])]

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from model.predict import Annotation
+from service.decoding.prediction_input import PredictionInput
 from service.model_store import ServedModel
 from service.observability import Metrics
-from service.schemas import PredictionInput
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.scoring import DEFAULT_CHUNK_SIZE, DEFAULT_TOP_K, INPUT_KIND_CHOICES, ScoringJob, run_scoring
+from service.scoring.job import DEFAULT_CHUNK_SIZE, DEFAULT_TOP_K, INPUT_KIND_CHOICES, ScoringJob, run_scoring
 
 
 def _count(minimum: int) -> type[int]:

@@ -34,16 +34,11 @@ from anndata.io import read_elem, write_elem
 
 from model.bundle import UNKNOWN_LABEL
 from model.errors import CellTypeError, InputError
+from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PROBABILITY_COLUMN_PREFIX
 
 OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
 """Output formats, by file suffix."""
 
-LABEL_COLUMN = "predicted_cell_type"
-"""The predicted cell type of each cell (``"Unknown"`` below the model's confidence threshold)."""
-CONFIDENCE_COLUMN = "confidence"
-"""The probability of the most likely cell type."""
-CELL_ID_COLUMN = "cell_id"
-"""Table outputs: the cell's obs name in its input file."""
 SOURCE_FILE_COLUMN = "source_file"
 """Table outputs: the input file the cell came from, as given on the command line."""
 
@@ -92,7 +87,7 @@ class ResultColumns:
         """
         if not self.per_class:
             return []
-        names = [f"probability:{name.replace('/', '_')}" for name in self.classes]
+        names = [f"{PROBABILITY_COLUMN_PREFIX}{name.replace('/', '_')}" for name in self.classes]
         if len(set(names)) != len(names):
             raise ScoringError(
                 "the model's class names collide once '/' is replaced by '_'; use a --top-k below the number "

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
         api_key: when set, every endpoint but ``/health/*`` needs it (``Authorization: Bearer`` or
             ``X-API-Key``).
         max_cells_per_request: more cells than this in one request is answered with 413.
+        max_cells_per_report: more cells than this in one upload to the web page (``/v1/report``) is
+            answered with 413 (the page is for whole files, so its limit is separate and larger).
         max_body_bytes: request bodies larger than this are cut off with 413 while they stream in.
         max_expanded_bytes: largest decompressed size of an uploaded ``.npz`` or ``.h5ad``.
         max_concurrency: requests decoded and predicted at the same time (worker threads; default:
@@ -56,6 +58,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     api_key: SecretStr | None = None
     max_cells_per_request: int = Field(10_000, ge=1)
+    max_cells_per_report: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
     max_expanded_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
     max_concurrency: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1, le=256)

@@ -1,4 +1,11 @@
-"""MLflow fixtures shared by the registry and tracking tests.
+"""Fixtures shared by every test package.
+
+- ``seed``: the one place that decides test seeds (0); it also seeds ``random``, numpy's global
+  generator and torch. A test needing two different streams uses ``seed`` and ``seed + 1``.
+- ``synthetic_adata``: 60 cells of raw counts over :data:`tests.factories.GENES` from two labs
+  (``obs['cell_type']``, ``obs['batch']``), built from ``seed`` (see :func:`tests.factories.synthetic_adata`).
+
+MLflow fixtures shared by the registry and tracking tests:
 
 - ``mlflow_sqlite_store``: one migrated SQLite tracking/registry store for the whole session (a fresh
   SQLite DB takes seconds to migrate); tests keep apart by using unique model names.
@@ -15,9 +22,9 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,13 +34,22 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import anndata
+import numpy as np
 import pytest
+import torch
 
-from benchmarks.reliability import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USERS, postgres_connection
+from benchmarks.reliability.harness import free_port
+from benchmarks.reliability.stores import (
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    POSTGRES_USERS,
+    SOURCE_REGEX,
+    postgres_connection,
+)
+from tests import factories
 
 SERVER_START_TIMEOUT_S = 180
-SOURCE_REGEX = r"^(mlflow-artifacts:/|runs:/|models:/m-)"
-"""``MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX`` of the test server (as advised for CVE-2025-11201)."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +67,20 @@ class MlflowStore:
     artifacts_dir: Path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture
+def seed() -> int:
+    """The seed of this test (0), with ``random``, numpy's global generator and torch seeded from it."""
+    value = 0
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+    return value
+
+
+@pytest.fixture
+def synthetic_adata(seed: int) -> anndata.AnnData:
+    """60 cells of raw counts over the shared genes, two labs and four cell types (the test may modify it)."""
+    return factories.synthetic_adata(seed=seed)
 
 
 def subprocess_env(**overrides: str) -> dict[str, str]:

@@ -1,41 +1,61 @@
-"""Objects several test packages need: a classifier with random weights and settled running statistics."""
+"""Objects several test packages build: the shared gene and class names, random-weight bundles, random
+counts and a small synthetic multi-lab AnnData.
+
+The random bundle is the reliability suite's (:func:`benchmarks.reliability.inputs.random_bundle`): the
+benchmarks serve the same kind of model, and they do not import from ``tests``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import torch
+import anndata
+import numpy as np
 
-from model.bundle import ModelBundle
-from model.classifier import CellTypeClassifier, ClassifierConfig
-from model.preprocessing import Preprocessing
+from benchmarks.reliability.inputs import random_bundle
+from training.synthetic import make_multilab
+
+__all__ = ["CLASSES", "GENES", "random_bundle", "random_counts", "synthetic_adata"]
+
+GENES = [f"G{i}" for i in range(40)]
+"""Gene names of the small models the tests build."""
+CLASSES = ["B", "Mono", "NK", "T"]
+"""Cell types of the small models the tests build."""
 
 
-def random_bundle(
-    genes: Sequence[str],
-    classes: Sequence[str],
+def random_counts(n_cells: int, seed: int = 1, n_genes: int = len(GENES)) -> np.ndarray:
+    """Whole-number Poisson counts (mean 3), cells x genes, float32."""
+    return np.random.default_rng(seed).poisson(3.0, size=(n_cells, n_genes)).astype(np.float32)
+
+
+def synthetic_adata(
+    n_cells: int = 60,
+    genes: Sequence[str] = GENES,
     *,
     seed: int = 0,
-    norm: str = "batchrenorm",
-    settle_rows: int = 32,
-    input_mean_scale: float = 1.0,
-    **bundle_fields: Any,
-) -> ModelBundle:
-    """A bundled classifier (hidden 16-8) with random weights and non-trivial running statistics.
+    n_types: int = 4,
+    n_labs: int = 2,
+    lab_effect: float = 0.5,
+    library_size: float = 150.0,
+) -> anndata.AnnData:
+    """Raw counts of a synthetic multi-lab data set (:func:`training.synthetic.make_multilab`) over ``genes``.
 
-    Five train-mode forwards of ``settle_rows`` random rows settle the norm layers' statistics; the
-    per-gene input scaling is random too. ``bundle_fields`` (temperature, unknown_threshold,
-    metadata, ...) go to :class:`ModelBundle`.
+    ``library_size`` (typical counts per cell) defaults to a few counts per gene, as in a small panel.
+
+    Returns:
+        AnnData with float32 CSR counts in ``X``, cells named ``cell0``, ``cell1``..., categorical
+        ``obs['cell_type']`` (``type_0``...) and ``obs['batch']`` (``lab_0``...), ``genes`` as
+        ``var_names``.
     """
-    torch.manual_seed(seed)
-    config = ClassifierConfig(n_genes=len(genes), n_classes=len(classes), hidden_sizes=(16, 8), norm=norm)
-    model = CellTypeClassifier(config)
-    model.train()
-    with torch.no_grad():
-        for _ in range(5):
-            model(torch.randn(settle_rows, len(genes)) * 2 + 1)
-    model.set_input_scaling(torch.rand(len(genes)) * input_mean_scale, torch.rand(len(genes)) + 0.5)
-    return ModelBundle.from_model(
-        model, genes=list(genes), classes=list(classes), preprocessing=Preprocessing(), **bundle_fields
+    adata = make_multilab(
+        n_cells=n_cells,
+        n_genes=len(genes),
+        n_types=n_types,
+        n_labs=n_labs,
+        lab_effect=lab_effect,
+        seed=seed,
+        library_size=library_size,
     )
+    adata.obs_names = [f"cell{i}" for i in range(n_cells)]
+    adata.var_names = list(genes)
+    return adata

@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.reliability import bundled_data, child_env, postgres_connection, run_celltype
+from benchmarks.reliability.harness import child_env, run_celltype
+from benchmarks.reliability.inputs import bundled_data
+from benchmarks.reliability.stores import postgres_connection
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK = ROOT / "scripts" / "stack.sh"

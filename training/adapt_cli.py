@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from model.errors import InputError
+from training.run import EXIT_OK, EXIT_REGISTRY_UNAVAILABLE
 
 DEFAULT_MAX_CELLS = 100_000
 """Target cells used at most (a random subset of larger files); the statistics converge long before."""
@@ -100,11 +101,11 @@ def adapt_to_directory(
 
 
 def run_adapt(args: argparse.Namespace) -> int:
-    """Handler of ``celltype adapt``; returns the exit code (3: adapted but not registered)."""
+    """Handler of ``celltype adapt``; returns the exit code (``EXIT_REGISTRY_UNAVAILABLE``: adapted but not registered)."""
     import sys
 
     from model.bundle import load_bundle
-    from model.registry import RegistryUnavailableError, registry_client
+    from model.registry.store import RegistryUnavailableError, registry_client
     from training.tracking import publish, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri) if (args.register or args.model.startswith("models:/")) else None
@@ -119,7 +120,7 @@ def run_adapt(args: argparse.Namespace) -> int:
           + (" (and the input standardization)" if lineage["restandardized_inputs"] else ""))
     print(f"bundle: {bundle_dir} (sha256 {bundle.sha256}, adapted from {lineage['parent_sha256']})")
     if not args.register:
-        return 0
+        return EXIT_OK
     tags = {"adapted_from": str(lineage["parent_sha256"]), "adaptation_target": str(args.target)}
     if parent.get("version"):
         tags["parent_version"] = f"{parent.get('name')}/{parent['version']}"
@@ -131,6 +132,6 @@ def run_adapt(args: argparse.Namespace) -> int:
                 client.set_model_version_tag(args.register, result.version, key, value)
     except RegistryUnavailableError as exc:
         print(f"celltype adapt: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_REGISTRY_UNAVAILABLE
     print(f"registered {args.register} version {result.version} (alias challenger) at {tracking_uri}")
-    return 0
+    return EXIT_OK

@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from anndata.io import read_elem, sparse_dataset
 
 from model.errors import GeneMismatchError, InputError, InputKindError
-from model.preprocessing import check_values, detect_input_kind, to_model_input
+from model.preprocessing import Preprocessing, check_values, detect_input_kind, to_model_input
 
 BACKED_MEMORY_FRACTION = 0.25
 """With ``backed="auto"``, a file is read in row chunks when its matrix needs more than this share of
@@ -152,16 +152,27 @@ class LabeledData:
         columns = np.fromiter((position[g] for g in genes), dtype=np.int64, count=len(genes))
         return replace(self, X=self.X[:, columns].tocsr(), genes=genes)
 
-    def model_input(self, rows: np.ndarray | Sequence[int] | slice, target_sum: float = 1e4) -> np.ndarray:
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How a model trained on these cells turns values into its input: the object its bundle saves.
+
+        Training's model input (:meth:`model_input`), gene selection and the bundle all read it, so the
+        target sum has one source: :class:`model.preprocessing.Preprocessing`.
+        """
+        return Preprocessing(input_kind=self.input_kind)
+
+    def model_input(self, rows: np.ndarray | Sequence[int] | slice) -> np.ndarray:
         """Dense float32 model input of ``rows`` (only those rows are densified).
 
-        Uses :func:`model.preprocessing.to_model_input`, so counts are normalized over this data's
-        genes exactly as a model trained on them normalizes its input at inference.
+        Uses :func:`model.preprocessing.to_model_input` with :attr:`preprocessing`, so counts are
+        normalized over this data's genes exactly as a model trained on them normalizes its input at
+        inference.
         """
         values = self.X[rows].toarray()
         if values.dtype != np.float32:
             values = values.astype(np.float32)
-        return to_model_input(values, self.input_kind, target_sum)
+        preprocessing = self.preprocessing
+        return to_model_input(values, preprocessing.input_kind, preprocessing.target_sum)
 
 
 @dataclass

@@ -50,6 +50,18 @@ from torch import nn
 
 from model.batchrenorm import BatchRenorm1d
 from model.errors import CellTypeError, InputError
+from training.config import TrainConfig
+from training.pipeline import train_model
+from training.run import (
+    EXIT_INPUT,
+    EXIT_OK,
+    TrainRequest,
+    add_train_arguments,
+    load,
+    request_from_args,
+    write_and_publish,
+)
+from training.strict_json import json_ready
 
 DIST_NORM_MODES = ("local", "sync")
 """Values of ``--dist-norm``."""
@@ -181,7 +193,7 @@ def replica_difference(state: dict[str, torch.Tensor]) -> float:
 
 @dataclass
 class DataParallel:
-    """The ``configure_trainer`` callback of :func:`training.trainer.train_model` for one rank.
+    """The ``configure_trainer`` callback of :func:`training.pipeline.train_model` for one rank.
 
     Broadcasts rank 0's initial state, switches the normalization layers to ``sync`` mode if asked,
     and installs the gradient hook that averages gradients (and, in ``local`` mode, the running
@@ -219,39 +231,22 @@ class DataParallel:
 # -- launching ------------------------------------------------------------------------------------
 
 
-def _explicit(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "label_key": args.label_key,
-        "batch_key": args.batch_key,
-        "holdout_batches": tuple(args.holdout_batch) if args.holdout_batch else None,
-        "device": args.device,
-        "seed": args.seed,
-    }
-
-
 def spec_from_args(args: argparse.Namespace, *, check_out: bool = True) -> dict[str, Any]:
     """The JSON-ready description of a ``celltype train`` run that every rank executes.
 
     ``check_out``: check that ``--out`` is new (only the launching process or rank 0 should: others
     would race with rank 0 creating it).
     """
-    from training.cli import _output_directory
-    from training.config import resolve_config
-    from training.tracking import resolve_tracking_uri
-
     if getattr(args, "resume", False):
         raise InputError("--resume is not supported with several processes; rerun with --nproc 1 to resume")
-    config = resolve_config(args.config, args.assignments, _explicit(args))
-    missing = [path for path in args.data if not Path(path).is_file()]
-    if missing:
-        raise InputError(f"data file not found: {', '.join(missing)}")
+    request = request_from_args(args, check_out=check_out)
     return {
-        "config": config.to_dict(),
-        "data": [str(p) for p in args.data],
-        "out": str(_output_directory(args) if check_out else Path(args.out or "outputs/distributed")),
-        "tracking_uri": resolve_tracking_uri(args.tracking_uri),
-        "register": args.register,
-        "progress": not args.no_progress,
+        "config": request.config.to_dict(),
+        "data": request.data,
+        "out": str(request.out),
+        "tracking_uri": request.tracking_uri,
+        "register": request.register,
+        "progress": request.progress,
         "norm_mode": getattr(args, "dist_norm", "local") or "local",
         "stats_interval": getattr(args, "dist_stats_every", None) or DEFAULT_STATS_INTERVAL,
         "publish": True,
@@ -282,7 +277,7 @@ def launch(args: argparse.Namespace) -> int:
         print(f"launching {nproc} training processes ({spec['norm_mode']} normalization); output {spec['out']}",
               flush=True)
         code = subprocess.run(torchrun_command(spec_path, nproc), env=env).returncode
-        # rank 0 reports its own exit code (3: trained, not published) here: torchrun maps it to 1
+        # rank 0 reports its own exit code (EXIT_REGISTRY_UNAVAILABLE: trained, not published) here: torchrun maps it to 1
         return int(status.read_text()) if code == 0 and status.is_file() else code
 
 
@@ -294,13 +289,11 @@ def _init_process_group(device: str) -> str:
 
 
 def run_distributed(spec: dict[str, Any]) -> int:
-    """One rank of a data-parallel run (environment from torchrun); rank 0 writes and publishes."""
-    from model.registry import RegistryUnavailableError
-    from training.config import TrainConfig
-    from training.data import load_labeled
-    from training.tracking import publish
-    from training.trainer import json_ready, train_model, write_run
+    """One rank of a data-parallel run (environment from torchrun); rank 0 writes and publishes.
 
+    The steps and exit codes are those of one process (:mod:`training.run`); rank 0 reports its code
+    through ``spec["status_file"]`` when the launcher gave one (torchrun maps every failure to 1).
+    """
     config = TrainConfig.from_dict(spec["config"])
     cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
     if cuda:
@@ -309,19 +302,20 @@ def run_distributed(spec: dict[str, Any]) -> int:
         config = config.updated({"device": f"cuda:{local_rank}"})
     else:
         config = config.updated({"device": "cpu"})
+    request = TrainRequest(
+        config=config, data=list(spec["data"]), out=Path(spec["out"]), tracking_uri=spec["tracking_uri"],
+        register=spec["register"], progress=bool(spec["progress"]),
+    )
     backend = _init_process_group(config.device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     parallel = DataParallel(spec["norm_mode"], int(spec["stats_interval"]))
-    out = Path(spec["out"])
     try:
-        data, report = load_labeled(spec["data"], label_key=config.label_key, batch_key=config.batch_key)
         if rank == 0:
-            print(f"output directory: {out}; {world_size} ranks ({backend}), {parallel.norm_mode} normalization")
-            for line in report.lines():
-                print(line)
+            print(f"output directory: {request.out}; {world_size} ranks ({backend}), {parallel.norm_mode} normalization")
+        data, report = load(request, echo=rank == 0)
         run = train_model(
-            config, data, datasets=spec["data"], out_dir=out if rank == 0 else None,
-            progress=bool(spec["progress"]) and rank == 0, rank=rank, world_size=world_size,
+            config, data, datasets=request.data, out_dir=request.out if rank == 0 else None,
+            progress=request.progress and rank == 0, rank=rank, world_size=world_size,
             configure_trainer=parallel,
         )
         difference = replica_difference(run.bundle.state_dict)
@@ -338,23 +332,13 @@ def run_distributed(spec: dict[str, Any]) -> int:
         }
         run.metrics["distributed"] = facts
         run.bundle.metadata["distributed"] = json_ready(facts)
-        code = 0
+        code = EXIT_OK
         if rank == 0:
-            bundle_dir = write_run(run, out, report.to_dict())
-            holdout = run.metrics["holdout"]["overall"] or {}
-            print(f"held-out macro-F1 {holdout.get('macro_f1')}; ranks identical (max difference {difference:g})")
-            print(f"bundle: {bundle_dir}")
-            if spec.get("publish", True):
-                try:
-                    result = publish(out, tracking_uri=spec["tracking_uri"], register_name=spec["register"])
-                    registered = f", registered {result.registered_name} version {result.version}" if result.version else ""
-                    print(f"MLflow run {result.run_id} at {result.tracking_uri}{registered}")
-                except RegistryUnavailableError as exc:
-                    print(f"celltype train: {exc}", file=sys.stderr)
-                    code = 3
+            print(f"ranks identical (max difference {difference:g})")
+            code = write_and_publish(run, request, report, publish_run=spec.get("publish", True))
             if spec.get("status_file"):
                 Path(spec["status_file"]).write_text(str(code))
-                code = 0
+                code = EXIT_OK
         dist.barrier()
         return code
     finally:
@@ -368,18 +352,16 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["--spec"] and len(argv) == 2:
             spec = json.loads(Path(argv[1]).read_text())
         else:
-            from training.cli import add_commands
-
             parser = argparse.ArgumentParser(prog="torchrun ... -m training.distributed")
-            add_commands(parser.add_subparsers(dest="command"))
-            args = parser.parse_args(["train", *argv])
+            add_train_arguments(parser)
+            args = parser.parse_args(argv)
             if args.out is None:
                 raise InputError("give --out DIR: every rank must agree on the output directory")
             spec = spec_from_args(args, check_out=os.environ.get("RANK", "0") == "0")
         return run_distributed(spec)
     except CellTypeError as exc:
         print(f"celltype train (rank {os.environ.get('RANK', '0')}): error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ chemistry, ambient RNA), and a model built on them learns the lab. ``hvg_batch_a
 ranks genes by their variability WITHIN each batch and combines the batches' rankings, so a gene has
 to vary among the cells of many labs to be chosen:
 
-1. Values are log-normalized (``log1p(CP10k)`` over the data's genes) when the data holds counts.
+1. Values are log-normalized when the data holds counts, as a model's input is
+   (:func:`model.preprocessing.log_normalize_sparse` with the data's ``Preprocessing``).
 2. A gene is eligible when it is detected (non-zero) in at least ``min_cells`` cells overall and in
    at least ``min_cells_per_batch`` cells of every batch with at least :data:`MIN_BATCH_CELLS` cells:
    a gene missing from a lab (not measured there, or filtered out upstream) cannot be used on that lab.
@@ -26,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from model.errors import InputError
+from model.preprocessing import log_normalize_sparse
 from training.data import LabeledData
 
 GENE_SELECTION_METHODS = ("hvg_batch_aware", "hvg_pooled")
@@ -47,7 +49,6 @@ def select_genes(
     *,
     min_cells: int = 10,
     min_cells_per_batch: int = 1,
-    target_sum: float = 1e4,
 ) -> list[str]:
     """The ``n_top`` most informative genes of ``data``, best first (see the module docstring).
 
@@ -59,7 +60,6 @@ def select_genes(
         min_cells: least number of cells a gene must be detected in overall.
         min_cells_per_batch: least number of cells a gene must be detected in within every batch of
             at least :data:`MIN_BATCH_CELLS` cells (0 disables this rule).
-        target_sum: counts per cell after normalization, before ``log1p`` (counts only).
 
     Raises:
         ValueError: unknown method or ``n_top < 1``.
@@ -74,6 +74,7 @@ def select_genes(
     else:
         codes = np.unique(data.batches, return_inverse=True)[1].reshape(-1)
     n_batches = int(codes.max()) + 1 if codes.size else 0
+    target_sum = data.preprocessing.target_sum
     sums, squares, detected = _batch_statistics(data.X, codes, n_batches, data.input_kind, target_sum)
     sizes = np.bincount(codes, minlength=n_batches)
     large = np.flatnonzero(sizes >= MIN_BATCH_CELLS)
@@ -117,14 +118,10 @@ def _batch_statistics(
     rows_per_chunk = max(1, int(_CHUNK_NNZ * n_cells / max(X.nnz, 1)))
     for start in range(0, n_cells, rows_per_chunk):
         chunk = X[start : start + rows_per_chunk]
+        if input_kind == "counts":
+            chunk = log_normalize_sparse(chunk, target_sum, np.float64)
         lengths = np.diff(chunk.indptr)
         values = chunk.data.astype(np.float64)
-        if input_kind == "counts":
-            totals = np.asarray(chunk.sum(axis=1), dtype=np.float64).reshape(-1)
-            scale = np.zeros_like(totals)
-            np.divide(target_sum, totals, out=scale, where=totals > 0)
-            values *= np.repeat(scale, lengths)
-            np.log1p(values, out=values)
         nonzero = values != 0
         keys = np.repeat(codes[start : start + chunk.shape[0]] * n_genes, lengths) + chunk.indices
         size = n_batches * n_genes

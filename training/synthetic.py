@@ -31,6 +31,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.io import write_elem
 
+from model.preprocessing import Preprocessing, log_normalize_sparse
+
 BLOCK_CELLS = 1024
 """Cells drawn from one random stream; bounds the dense working set while generating."""
 
@@ -121,14 +123,9 @@ def _blocks(world: _World, n_cells: int, seed: int) -> Iterator[tuple[sp.csr_mat
         yield _sample_block(world, min(BLOCK_CELLS, n_cells - start), seed, block)
 
 
-def _lognormalize(counts: sp.csr_matrix, target_sum: float = 1e4) -> sp.csr_matrix:
-    """``log1p(counts / total * target_sum)`` per row, staying sparse."""
-    totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.zeros_like(totals)
-    np.divide(target_sum, totals, out=scale, where=totals > 0)
-    out = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ counts)
-    np.log1p(out.data, out=out.data)
-    return out
+def _lognormalize(counts: sp.csr_matrix) -> sp.csr_matrix:
+    """The counts as a model's input would see them: log1p of counts per ``Preprocessing().target_sum``."""
+    return log_normalize_sparse(counts, Preprocessing().target_sum)
 
 
 def _names(prefix: str, n: int) -> list[str]:
@@ -186,7 +183,8 @@ def make_multilab(
         confounded: the last cell type is only in ``lab_0``.
         noise: standard deviation of the per-cell log-scale noise.
         seed: everything is a deterministic function of the seed and the parameters.
-        as_counts: raw negative-binomial counts; ``False`` gives ``log1p(CP10k)`` values instead.
+        as_counts: raw negative-binomial counts; ``False`` gives them log-normalized as a model's input
+            (:func:`model.preprocessing.log_normalize_sparse`, the default ``Preprocessing`` target sum).
         library_size: typical counts per cell.
         theta: negative-binomial inverse dispersion (larger: closer to Poisson).
 

@@ -6,7 +6,7 @@ version tagged with the bundle digest and its scores and aliased ``challenger``.
 an alias (``champion`` by default), optionally only when the version beats the current holder.
 Registry stages are never used.
 
-If the store cannot be reached or fails mid-way, :class:`~model.registry.RegistryUnavailableError`
+If the store cannot be reached or fails mid-way, :class:`~model.registry.store.RegistryUnavailableError`
 says where the bundle is (it is only ever read) and the exact ``celltype register`` command to publish
 it later.
 """
@@ -30,23 +30,18 @@ from typing import Any
 
 from model.bundle import ModelBundle, load_bundle
 from model.errors import CellTypeError, InputError
-from model.registry import (
-    TAG_BUNDLE_SHA256,
-    TAG_GENE_LIST_HASH,
+from model.registry.fetch import TAG_BUNDLE_SHA256, TAG_GENE_LIST_HASH, alias_holder, get_model_version
+from model.registry.store import (
     RegistryUnavailableError,
-    alias_holder,
     apply_client_defaults,
     check_reachable,
     default_tracking_uri,
-    get_model_version,
     registry_client,
     short_cause,
     sqlite_path,
     unavailability_as_error,
-    validate_alias,
-    validate_model_name,
-    validate_version,
 )
+from model.registry.uri import validate_alias, validate_model_name, validate_version
 
 DEFAULT_EXPERIMENT = "celltype"
 CHALLENGER = "challenger"

@@ -1,31 +1,27 @@
-"""The training loop: :class:`Trainer` (``train_step``, ``evaluate``, ``fit``) over a :class:`LabeledData`,
-and :func:`train_model` / :func:`write_run`, the whole run behind ``celltype train``.
+"""The training loop: :class:`Trainer` (``train_step``, ``evaluate``, ``fit``) over a :class:`LabeledData`.
 
 One optimizer step: set the learning rate and the Batch Renormalization limits for this step (both pure
 functions of the step), build the mini-batch's model input with ``data.model_input(rows)`` (exactly the
 inference preprocessing), forward (autocast on CUDA only), weighted cross-entropy, backward, an optional
 gradient hook (e.g. a data-parallel all-reduce), AdamW, and (late in the run) the running average of
-the weights. After each epoch: validation macro-F1 for early stopping and best-epoch selection, then a
-checkpoint that ``fit(resume=True)`` continues from to the very same final weights. The run ends with
-the averaged weights (norm statistics recomputed) or, without averaging, the best validation epoch's.
+the weights. After each epoch: validation macro-F1 for early stopping (:class:`EarlyStopping`) and
+best-epoch selection, then a checkpoint that ``fit(resume=True)`` continues from to the very same final
+weights. The run ends with the averaged weights (norm statistics recomputed) or, without averaging, the
+best validation epoch's.
 
 The sampler's ``rank``/``world_size`` and the ``gradient_hook`` are where data-parallel training plugs in.
+The whole run around the loop (split, genes, calibration, scores, bundle) is :mod:`training.pipeline`.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import json
 import math
 import random
-import re
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +32,17 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from model.batchrenorm import BatchRenorm1d
-from model.bundle import ModelBundle, save_bundle
 from model.classifier import CellTypeClassifier, ClassifierConfig
-from model.errors import InputError
 from model.genes import gene_list_hash
 from model.predict import resolve_device
-from model.preprocessing import Preprocessing
-from model.schedule import apply_renorm_limits, renorm_limits
-from training.augment import augmenter_from_config
-from training.calibration import fit_temperature, softmax
+from model.schedule import apply_renorm_limits
+from model.threads import torch_threads
 from training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from training.config import TrainConfig
 from training.data import LabeledData
-from training.genes import select_genes
 from training.lr_schedule import learning_rate
-from training.metrics import classification_scores, per_batch_scores, summary
-from training.plots import write_split_reports
+from training.metrics import classification_scores
 from training.samplers import make_sampler
-from training.splits import Split, make_split
 
 INPUT_CACHE_BYTES = 1 << 30
 """Training inputs up to this size are computed once and kept as a dense tensor; larger ones per batch."""
@@ -72,18 +61,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-@contextmanager
-def cpu_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` torch CPU threads (0: leave torch's setting), then restore it."""
-    previous = torch.get_num_threads()
-    if count > 0:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def class_weights(labels: np.ndarray, n_classes: int, power: float) -> np.ndarray:
@@ -282,6 +259,7 @@ class Trainer:
             rank=rank,
             world_size=world_size,
         )
+        self.renorm_schedule = config.renorm_schedule
         self.steps_per_epoch = max(1, len(self.sampler))
         planned = config.epochs * self.steps_per_epoch
         self.total_steps = min(planned, config.max_steps) if config.max_steps else planned
@@ -327,15 +305,7 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        r_max, d_max = renorm_limits(
-            step,
-            self.total_steps,
-            warmup_fraction=self.config.brn_warmup_fraction,
-            r_max_final=self.config.brn_r_max_final,
-            d_max_final=self.config.brn_d_max_final,
-            r_ramp_end_fraction=self.config.brn_r_ramp_end_fraction,
-            d_ramp_end_fraction=self.config.brn_d_ramp_end_fraction,
-        )
+        r_max, d_max = self.renorm_schedule(step, self.total_steps)
         apply_renorm_limits(self.model, r_max, d_max)
         return {"lr": lr, "r_max": r_max, "d_max": d_max}
 
@@ -498,7 +468,7 @@ class Trainer:
             resume: continue from ``out_dir/checkpoints`` (same config required).
             epoch_callback: called with each epoch's history record, after its checkpoint is written.
         """
-        with cpu_threads(self.config.cpu_threads if self.device.type == "cpu" else 0):
+        with torch_threads(self.config.cpu_threads if self.device.type == "cpu" else 0):
             return self._fit(resume, epoch_callback)
 
     def _fit(self, resume: bool, epoch_callback: EpochCallback | None) -> FitResult:
@@ -593,223 +563,3 @@ class Trainer:
             selected=selected,
             resumed_from_epoch=first_epoch,
         )
-
-
-# -- the whole run: split, genes, fit, calibrate, score, bundle -----------------------------------
-
-
-@dataclass
-class TrainingRun:
-    """Everything a finished run produced, before (or without) writing it to disk.
-
-    Attributes:
-        config: the resolved config.
-        bundle: the trained model bundle (temperature and metadata set).
-        split: which cells trained, validated and were held out.
-        fit: the loop's result (history, selected epoch).
-        metrics: ``{"validation", "holdout": {"overall", "per_batch"}, "calibration"}`` as in
-            ``metrics.json``.
-        reports: per split name, the data needed for its plots: scores, and the confidence and
-            correctness of the scored cells.
-    """
-
-    config: TrainConfig
-    bundle: ModelBundle
-    split: Split
-    fit: FitResult
-    metrics: dict[str, Any]
-    reports: dict[str, dict[str, Any]]
-
-
-def _celltype_version() -> str:
-    try:
-        return importlib.metadata.version("celltype")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _plot_data(truth: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence and correctness of the argmax prediction for the cells of known types."""
-    known = np.isin(truth, classes)
-    chosen = np.asarray(classes, dtype=object)[probabilities[known].argmax(axis=1)] if known.any() else []
-    confidence = probabilities[known].max(axis=1) if known.any() else np.zeros(0)
-    return confidence, truth[known] == np.asarray(chosen, dtype=object)
-
-
-def _argmax_labels(probabilities: np.ndarray, classes: list[str]) -> np.ndarray:
-    return np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)] if len(probabilities) else np.array([])
-
-
-def _on_configured_cpu_threads(function: Callable[..., TrainingRun]) -> Callable[..., TrainingRun]:
-    """Run ``function(config, data, ...)`` with ``config.cpu_threads`` torch threads when training on CPU."""
-
-    @functools.wraps(function)
-    def run(config: TrainConfig, data: LabeledData, **options: Any) -> TrainingRun:
-        threads = config.cpu_threads if resolve_device(config.device).type == "cpu" else 0
-        with cpu_threads(threads):
-            return function(config, data, **options)
-
-    return run
-
-
-@_on_configured_cpu_threads
-def train_model(
-    config: TrainConfig,
-    data: LabeledData,
-    *,
-    datasets: list[str] | None = None,
-    out_dir: str | Path | None = None,
-    progress: bool = False,
-    resume: bool = False,
-    score_holdout: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-    configure_trainer: Callable[[Trainer], None] | None = None,
-) -> TrainingRun:
-    """Train a model on ``data`` as ``config`` says and score it; nothing is written but checkpoints.
-
-    Steps: hold out ``config.holdout_batches``; split validation cells off the training batches;
-    select genes on the training cells; fit (with checkpoints in ``out_dir/checkpoints`` when
-    ``out_dir`` is given; ``resume`` continues from them); fit the temperature on the validation
-    logits; score validation and each held-out batch; build the bundle with its metadata.
-
-    ``rank``/``world_size`` place this process in data-parallel training (the sampler's shard);
-    ``configure_trainer`` is called with the :class:`Trainer` before fitting (hooks, layer swaps).
-    The lab-effect augmentation of ``config.augment_mode`` is applied to training inputs.
-
-    Raises:
-        InputError: unknown hold-out batch, or fewer than two cell types left to train on.
-    """
-    started = time.perf_counter()
-    split = make_split(data.labels, data.batches, config.holdout_batches, config.validation_fraction, config.seed)
-    labels = np.asarray(data.labels).astype(str)
-    classes = sorted(set(labels[split.train].tolist()))
-    if len(classes) < 2:
-        raise InputError(
-            f"the training cells have {len(classes)} cell type(s) ({', '.join(classes)}); a classifier needs "
-            f"at least two: check --label-key or hold out fewer batches"
-        )
-    n_top = None if config.n_top_genes == "all" else int(config.n_top_genes)
-    genes = select_genes(data.subset(split.train), n_top, config.gene_selection)
-    model_data = data.select_genes(genes)
-
-    trainer = Trainer(
-        config, model_data, classes, split.train, split.validation, out_dir=out_dir, progress=progress,
-        rank=rank, world_size=world_size, input_transform=augmenter_from_config(config, model_data.batches),
-    )
-    if configure_trainer is not None:  # e.g. data-parallel setup (training.distributed)
-        configure_trainer(trainer)
-    fit = trainer.fit(resume=resume)
-    metrics: dict[str, Any] = {}
-    reports: dict[str, dict[str, Any]] = {}
-
-    temperature, ece_before, ece_after = 1.0, float("nan"), float("nan")
-    metrics["validation"] = None
-    if len(split.validation):
-        logits = trainer.logits(model_data, split.validation)
-        truth = labels[split.validation]
-        temperature = fit_temperature(logits, trainer.targets[split.validation])
-        predicted = _argmax_labels(logits, classes)
-        ece_before = classification_scores(truth, predicted, classes, softmax(logits))["ece"]
-        probabilities = softmax(logits, temperature)
-        scores = classification_scores(truth, predicted, classes, probabilities)
-        ece_after = scores["ece"]
-        metrics["validation"] = scores
-        confidence, correct = _plot_data(truth, probabilities, classes)
-        reports["validation"] = {"scores": scores, "confidence": confidence, "correct": correct}
-
-    holdout: dict[str, Any] = {"overall": None, "per_batch": {}}
-    if score_holdout and len(split.holdout):
-        probabilities = softmax(trainer.logits(model_data, split.holdout), temperature)
-        truth = labels[split.holdout]
-        batches = np.asarray(data.batches).astype(str)[split.holdout]
-        predicted = _argmax_labels(probabilities, classes)
-        holdout["overall"] = classification_scores(truth, predicted, classes, probabilities)
-        holdout["per_batch"] = per_batch_scores(truth, predicted, batches, classes, probabilities)
-        for batch, scores in holdout["per_batch"].items():
-            rows = batches == batch
-            confidence, correct = _plot_data(truth[rows], probabilities[rows], classes)
-            reports[f"holdout_{batch}"] = {"scores": scores, "confidence": confidence, "correct": correct}
-    metrics["holdout"] = holdout
-    metrics["calibration"] = {"temperature": temperature, "ece_before": ece_before, "ece_after": ece_after}
-    metrics["training"] = {
-        "best_epoch": fit.best_epoch,
-        "selected": fit.selected,
-        "epochs_run": len(fit.history),
-        "steps": fit.steps,
-        "total_steps": trainer.total_steps,
-        "stopped_early": fit.stopped_early,
-        "n_genes": len(genes),
-        "n_cells_train": int(len(split.train)),
-        "n_cells_validation": int(len(split.validation)),
-        "n_cells_holdout": int(len(split.holdout)),
-        "seconds": time.perf_counter() - started,
-    }
-
-    overall = holdout["overall"]
-    metadata = {
-        "datasets": list(datasets or data.sources),
-        "label_key": config.label_key,
-        "batch_key": config.batch_key,
-        "train_batches": list(split.train_batches),
-        "holdout_batches": list(split.holdout_batches),
-        "holdout_scores": {"accuracy": overall["accuracy"], "macro_f1": overall["macro_f1"]} if overall else None,
-        "validation_scores": summary(metrics["validation"]) if metrics["validation"] else None,
-        "n_cells_train": int(len(split.train)),
-        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "celltype_version": _celltype_version(),
-        "training_config": config.to_dict(),
-    }
-    bundle = ModelBundle.from_model(
-        trainer.model,
-        genes=list(genes),
-        classes=classes,
-        preprocessing=Preprocessing(input_kind=data.input_kind),
-        temperature=temperature,
-        unknown_threshold=config.unknown_threshold,
-        metadata=json_ready(metadata),
-    )
-    return TrainingRun(config=config, bundle=bundle, split=split, fit=fit, metrics=metrics, reports=reports)
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with NaN/inf floats as ``None`` and numpy scalars as Python numbers (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(json_ready(value), indent=2, allow_nan=False) + "\n")
-
-
-def _file_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "batch"
-
-
-def write_run(run: TrainingRun, out_dir: str | Path, data_report: dict[str, Any] | None = None) -> Path:
-    """Write a run's output directory (the contract in docs/internal/TEAM.md) and return the bundle path.
-
-    ``OUT/bundle/``, ``config.json``, ``history.json``, ``metrics.json``, ``reports/`` (PNG confusion
-    matrices and reliability diagrams, per-class CSVs for validation and each held-out batch) and
-    ``data_report.json``. ``checkpoints/`` were written during training.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    bundle_dir = out / "bundle"
-    save_bundle(run.bundle, bundle_dir)
-    _write_json(out / "config.json", run.config.to_dict())
-    _write_json(out / "history.json", run.fit.history)
-    _write_json(out / "metrics.json", run.metrics)
-    _write_json(out / "data_report.json", data_report or {})
-    reports = out / "reports"
-    reports.mkdir(exist_ok=True)
-    for name, report in run.reports.items():
-        write_split_reports(reports, _file_name(name), report["scores"], report["confidence"], report["correct"])
-    return bundle_dir

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import Request
+from pydantic import BaseModel
 
 from service.schemas import ErrorResponse
 
 JSON_MEDIA_TYPE = "application/json"
+NPZ_MEDIA_TYPE = "application/x-npz"
+"""Content type of the binary predict body: ``numpy.savez`` output."""
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -30,9 +34,30 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def unsupported_media_type(received: str, accepted: list[str]) -> HTTPException:
-    """415 naming what was received and what is accepted."""
-    return HTTPException(
-        status_code=415,
-        detail=f"unsupported content type {received or '(none)'!r}; send one of: {', '.join(accepted)}",
-    )
+def openapi_request_body(model: type[BaseModel], binary_types: Iterable[str] = ()) -> dict[str, Any]:
+    """An OpenAPI ``requestBody`` documenting ``model`` as JSON (and raw binary ``binary_types``).
+
+    The routes read their bodies themselves (see :mod:`service.decoding`), so FastAPI does not see the model;
+    the schema's ``$defs`` are inlined to keep the document self-contained.
+    """
+    schema = _inline_defs(model.model_json_schema())
+    content: dict[str, Any] = {"application/json": {"schema": schema}}
+    for binary_type in binary_types:
+        content[binary_type] = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return resolve(definitions[reference.rsplit("/", 1)[1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)

@@ -19,27 +19,18 @@ import pandas as pd
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PYFUNC_PROBABILITY_PREFIX
+from service.decoding.fields import check_names
+from service.decoding.json_body import JsonBody, read_json
+from service.decoding.prediction_input import PredictionInput
 from service.deps import MetricsDep, RunnerDep, ServedModelDep, SettingsDep
+from service.errors import MalformedBodyError, RequestInputError, too_many_cells, unsupported_media_type
 from service.inference import annotate
 from service.model_store import ServedModel
-from service.routers import ERROR_RESPONSES, JSON_MEDIA_TYPE, media_type, unsupported_media_type
-from service.schemas import (
-    JsonBody,
-    PredictionInput,
-    bad_request,
-    check_names,
-    openapi_request_body,
-    read_json,
-    too_many_cells,
-)
+from service.routers import ERROR_RESPONSES, JSON_MEDIA_TYPE, media_type, openapi_request_body
 from service.settings import Settings
 
 router = APIRouter(tags=["mlflow"])
-
-LABEL_COLUMN = "predicted_cell_type"
-CONFIDENCE_COLUMN = "confidence"
-PROBABILITY_PREFIX = "prob_"
-"""Output columns of the celltype pyfunc (``model.pyfunc``); kept identical so clients can switch."""
 
 CSV_MEDIA_TYPE = "text/csv"
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
@@ -99,7 +90,7 @@ def _invoke(served: ServedModel, settings: Settings, received: str, body: bytes)
         request = _decode_table(body, received, max_cells)
     annotation = annotate(served, request)
     classes = served.predictor.classes
-    columns = [LABEL_COLUMN, CONFIDENCE_COLUMN, *(f"{PROBABILITY_PREFIX}{name}" for name in classes)]
+    columns = [LABEL_COLUMN, CONFIDENCE_COLUMN, *(f"{PYFUNC_PROBABILITY_PREFIX}{name}" for name in classes)]
     rows = zip(
         annotation.labels.tolist(),
         annotation.confidence.tolist(),
@@ -115,12 +106,12 @@ def _decode_json(document: JsonBody, model_genes: list[str], max_cells: int) -> 
     unknown = sorted(set(keys) - {*INPUT_FORMATS, "params"})
     formats = [key for key in keys if key in INPUT_FORMATS]
     if unknown or len(formats) != 1:
-        raise bad_request(
+        raise RequestInputError(
             f"the body must have exactly one of {', '.join(INPUT_FORMATS)} (and optionally 'params'); "
             f"got keys {sorted(keys)}"
         )
     if document.value(("params",)):
-        raise bad_request("this model takes no params; use /v1/predict for options such as input or top_k")
+        raise RequestInputError("this model takes no params; use /v1/predict for options such as input or top_k")
     key = formats[0]
     if key == "dataframe_split":
         return _dataframe_split(document, model_genes, max_cells)
@@ -135,7 +126,7 @@ def _decode_json(document: JsonBody, model_genes: list[str], max_cells: int) -> 
 def _dataframe_split(document: JsonBody, model_genes: list[str], max_cells: int) -> PredictionInput:
     unknown = sorted(set(document.keys(("dataframe_split",))) - {"columns", "data", "index"})
     if unknown:
-        raise bad_request(f"unknown key(s) {unknown} in 'dataframe_split'; allowed: columns, data, index")
+        raise RequestInputError(f"unknown key(s) {unknown} in 'dataframe_split'; allowed: columns, data, index")
     columns = document.value(("dataframe_split", "columns"))
     genes = check_names(columns, "dataframe_split.columns") if columns is not None else None
     width = len(model_genes) if genes is None else len(genes)
@@ -145,15 +136,15 @@ def _dataframe_split(document: JsonBody, model_genes: list[str], max_cells: int)
 
 def _records(records: Any, key: str, max_cells: int) -> PredictionInput:
     if not isinstance(records, list) or not records:
-        raise bad_request(f"'{key}' must be a non-empty list of {{gene: count}} objects")
+        raise RequestInputError(f"'{key}' must be a non-empty list of {{gene: count}} objects")
     if len(records) > max_cells:
         raise too_many_cells(len(records), max_cells)
     if not isinstance(records[0], dict):
-        raise bad_request(f"'{key}[0]' must be an object mapping gene names to counts")
+        raise RequestInputError(f"'{key}[0]' must be an object mapping gene names to counts")
     genes = list(records[0])
     for index, record in enumerate(records):
         if not isinstance(record, dict) or record.keys() != records[0].keys():
-            raise bad_request(f"'{key}[{index}]' must name the same genes as '{key}[0]'")
+            raise RequestInputError(f"'{key}[{index}]' must name the same genes as '{key}[0]'")
     rows = [list(record.values()) for record in records]
     return PredictionInput(_numbers(rows, key), genes)
 
@@ -162,10 +153,10 @@ def _columns(columns: dict[str, Any], key: str, max_cells: int) -> PredictionInp
     genes = list(columns)
     values = list(columns.values())
     if not genes or any(not isinstance(column, list) for column in values):
-        raise bad_request(f"'{key}' must map each gene name to a list of counts (one per cell)")
+        raise RequestInputError(f"'{key}' must map each gene name to a list of counts (one per cell)")
     lengths = {len(column) for column in values}
     if len(lengths) != 1:
-        raise bad_request(f"every gene in '{key}' must have the same number of cells")
+        raise RequestInputError(f"every gene in '{key}' must have the same number of cells")
     if lengths.pop() > max_cells:
         raise too_many_cells(len(values[0]), max_cells)
     return PredictionInput(np.ascontiguousarray(_numbers(values, key).T), genes)
@@ -173,12 +164,12 @@ def _columns(columns: dict[str, Any], key: str, max_cells: int) -> PredictionInp
 
 def _rows(rows: Any, key: str, model_genes: list[str], max_cells: int) -> PredictionInput:
     if not isinstance(rows, list) or not rows:
-        raise bad_request(f"'{key}' must be a non-empty list of cells")
+        raise RequestInputError(f"'{key}' must be a non-empty list of cells")
     if len(rows) > max_cells:
         raise too_many_cells(len(rows), max_cells)
     for index, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != len(model_genes):
-            raise bad_request(
+            raise RequestInputError(
                 f"'{key}[{index}]' must be a list of {len(model_genes)} counts in the model's gene order "
                 "(GET /v1/model/genes), or use dataframe_split with gene names as columns"
             )
@@ -189,24 +180,26 @@ def _numbers(rows: list[list[Any]], key: str) -> np.ndarray:
     for index, row in enumerate(rows):
         for position, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise bad_request(f"'{key}': cell {index}, column {position} is {value!r}; send numbers only")
+                raise RequestInputError(f"'{key}': cell {index}, column {position} is {value!r}; send numbers only")
     return np.asarray(rows, dtype=np.float32)
 
 
 def _decode_table(body: bytes, received: str, max_cells: int) -> PredictionInput:
     if not body.strip():
-        raise bad_request("the request body is empty", 400)
+        raise MalformedBodyError("the request body is empty")
     try:
         frame = pd.read_csv(io.BytesIO(body)) if received == CSV_MEDIA_TYPE else pd.read_parquet(io.BytesIO(body))
     except Exception as exc:  # pandas/pyarrow raise many kinds for unreadable input; all mean the same
-        raise bad_request(f"the body is not a readable {received} table ({type(exc).__name__}: {exc})", 400) from None
+        raise MalformedBodyError(
+            f"the body is not a readable {received} table ({type(exc).__name__}: {exc})"
+        ) from None
     if len(frame) > max_cells:
         raise too_many_cells(len(frame), max_cells)
     if len(frame) == 0:
-        raise bad_request("the table has no rows; send one row per cell")
+        raise RequestInputError("the table has no rows; send one row per cell")
     non_numeric = [str(c) for c, dtype in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
     if non_numeric:
-        raise bad_request(f"gene columns must hold numbers (raw counts); these do not: {non_numeric[:5]}")
+        raise RequestInputError(f"gene columns must hold numbers (raw counts); these do not: {non_numeric[:5]}")
     return PredictionInput(frame.to_numpy(dtype=np.float32), [str(c) for c in frame.columns])
 
 

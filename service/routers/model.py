@@ -10,7 +10,8 @@ from model.bundle import UNKNOWN_LABEL
 from model.preprocessing import INPUT_KINDS
 from service.deps import ServedModelDep, SettingsDep
 from service.model_store import ServedModel
-from service.schemas import NPZ_MEDIA_TYPE, ModelDescription, ModelGenes
+from service.routers import NPZ_MEDIA_TYPE
+from service.schemas import ModelDescription, ModelGenes
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/model", tags=["model"])

@@ -4,10 +4,7 @@ import numpy as np
 import pytest
 
 from model.bundle import ModelBundle, save_bundle
-from tests.factories import random_bundle
-
-GENES = [f"G{i}" for i in range(40)]
-CLASSES = ["B", "Mono", "T"]
+from tests.factories import CLASSES, GENES, random_bundle, random_counts
 
 
 def make_bundle(norm: str = "batchrenorm", seed: int = 0) -> ModelBundle:
@@ -19,9 +16,9 @@ def make_bundle(norm: str = "batchrenorm", seed: int = 0) -> ModelBundle:
 
 
 @pytest.fixture
-def bundle() -> ModelBundle:
+def bundle(seed: int) -> ModelBundle:
     """An in-memory bundle (not yet saved)."""
-    return make_bundle()
+    return make_bundle(seed=seed)
 
 
 @pytest.fixture
@@ -33,6 +30,6 @@ def bundle_dir(tmp_path, bundle):
 
 
 @pytest.fixture
-def counts() -> np.ndarray:
+def counts(seed: int) -> np.ndarray:
     """Raw counts for 50 cells over the model's genes."""
-    return np.random.default_rng(1).poisson(3.0, size=(50, len(GENES))).astype(np.float32)
+    return random_counts(50, seed=seed + 1)

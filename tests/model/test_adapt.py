@@ -26,9 +26,9 @@ def _bundle(norm: str = "batchrenorm") -> ModelBundle:
 
 
 @pytest.mark.parametrize("norm", ["batchrenorm", "batchnorm"])
-def test_only_running_statistics_change(norm) -> None:
+def test_only_running_statistics_change(norm, seed) -> None:
     bundle = _bundle(norm)
-    target = np.random.default_rng(1).normal(3.0, 2.0, size=(200, 12)).astype(np.float32)
+    target = np.random.default_rng(seed).normal(3.0, 2.0, size=(200, 12)).astype(np.float32)
     adapted = adapt_bundle(bundle, target, target="lab_x")
     changed = {k for k in bundle.state_dict if not torch.equal(bundle.state_dict[k], adapted.state_dict[k])}
     assert changed == {f"blocks.{i}.1.running_{s}" for i in (0, 1) for s in ("mean", "var")}
@@ -39,18 +39,18 @@ def test_only_running_statistics_change(norm) -> None:
     torch.testing.assert_close(model.blocks[0][1].running_var, hidden.var(0), atol=1e-4, rtol=1e-4)
 
 
-def test_input_restandardization_is_optional_and_uses_the_target() -> None:
+def test_input_restandardization_is_optional_and_uses_the_target(seed) -> None:
     bundle = _bundle()
-    target = np.random.default_rng(2).normal(5.0, 2.0, size=(300, 12)).astype(np.float32)
+    target = np.random.default_rng(seed).normal(5.0, 2.0, size=(300, 12)).astype(np.float32)
     adapted = adapt_bundle(bundle, target, target="t", restandardize_inputs=True)
     np.testing.assert_allclose(adapted.state_dict["input_mean"].numpy(), target.mean(0), rtol=1e-4)
     np.testing.assert_allclose(adapted.state_dict["input_scale"].numpy(), target.std(0), rtol=1e-3)
     assert adapted.metadata["adaptation"]["restandardized_inputs"] is True
 
 
-def test_adapted_model_stays_per_cell_and_records_lineage(tmp_path) -> None:
+def test_adapted_model_stays_per_cell_and_records_lineage(tmp_path, seed) -> None:
     bundle = _bundle()
-    target = np.random.default_rng(3).normal(1.0, 1.0, size=(100, 12)).astype(np.float32)
+    target = np.random.default_rng(seed).normal(1.0, 1.0, size=(100, 12)).astype(np.float32)
     adapted = adapt_bundle(bundle, target, target="new_lab.h5ad", parent={"name": "m", "version": "4"})
     digest = save_bundle(adapted, tmp_path / "b")
     loaded = load_bundle(tmp_path / "b")
@@ -82,8 +82,8 @@ def test_adaptation_improves_an_unseen_lab_with_a_strong_lab_effect() -> None:
     from training.config import TrainConfig
     from training.data import LabeledData
     from training.metrics import classification_scores
+    from training.pipeline import train_model
     from training.synthetic import make_multilab
-    from training.trainer import train_model
 
     adata = make_multilab(n_cells=1600, n_genes=200, n_types=4, n_labs=4, lab_effect=1.0, seed=5)
     data = LabeledData(X=adata.X.tocsr(), genes=list(map(str, adata.var_names)),

@@ -38,25 +38,25 @@ def test_probabilities_match_the_formulas(predictor, counts):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_each_cell_is_independent_of_the_rest_of_the_batch(predictor, counts):
+def test_each_cell_is_independent_of_the_rest_of_the_batch(predictor, counts, seed):
     full = predictor.predict_proba(counts, GENES)
     alone = np.vstack([predictor.predict_proba(counts[i : i + 1], GENES) for i in range(len(counts))])
     np.testing.assert_allclose(alone, full, atol=1e-6)
-    order = np.random.default_rng(0).permutation(len(counts))
+    order = np.random.default_rng(seed).permutation(len(counts))
     np.testing.assert_allclose(predictor.predict_proba(counts[order], GENES), full[order], atol=1e-6)
 
 
-def test_sparse_dense_chunked_and_shuffled_genes_agree(bundle_dir, counts):
+def test_sparse_dense_chunked_and_shuffled_genes_agree(bundle_dir, counts, seed):
     expected = Predictor.load(bundle_dir, device="cpu").predict_proba(counts, GENES)
     small_chunks = Predictor.load(bundle_dir, device="cpu", chunk_size=7)
     np.testing.assert_allclose(small_chunks.predict_proba(sp.csr_matrix(counts), GENES), expected, atol=1e-6)
-    order = np.random.default_rng(1).permutation(len(GENES))
+    order = np.random.default_rng(seed).permutation(len(GENES))
     shuffled = small_chunks.predict_proba(counts[:, order], [GENES[i] for i in order])
     np.testing.assert_allclose(shuffled, expected, atol=1e-6)
 
 
-def test_extra_genes_do_not_change_the_answer(predictor, counts):
-    extra = np.random.default_rng(2).poisson(50, size=(len(counts), 5)).astype(np.float32)
+def test_extra_genes_do_not_change_the_answer(predictor, counts, seed):
+    extra = np.random.default_rng(seed).poisson(50, size=(len(counts), 5)).astype(np.float32)
     wider = np.hstack([extra, counts])
     np.testing.assert_allclose(
         predictor.predict_proba(wider, [f"X{i}" for i in range(5)] + GENES),

@@ -5,7 +5,14 @@ import pytest
 import scipy.sparse as sp
 
 from model.errors import InputError, InputKindError
-from model.preprocessing import Preprocessing, as_matrix, check_values, detect_input_kind, to_model_input
+from model.preprocessing import (
+    Preprocessing,
+    as_matrix,
+    check_values,
+    detect_input_kind,
+    log_normalize_sparse,
+    to_model_input,
+)
 
 COUNTS = np.array([[0, 3, 1, 6], [2, 0, 0, 8], [5, 5, 0, 0]], dtype=np.float32)
 
@@ -30,6 +37,24 @@ def test_to_model_input_matches_formula_and_keeps_zero_rows():
     assert to_model_input(same, "lognorm", 1e4) is same
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_normalization_is_the_dense_one_without_densifying(dtype):
+    counts = sp.csr_matrix(np.vstack([COUNTS, np.zeros((1, 4), dtype=np.float32)]))
+    before = counts.copy()
+    out = log_normalize_sparse(counts, 1e4, dtype)
+    assert sp.isspmatrix_csr(out) and out.dtype == dtype
+    np.testing.assert_array_equal(out.indices, counts.indices)  # same sparsity pattern, zero row kept
+    np.testing.assert_array_equal(out.indptr, counts.indptr)
+    dense = to_model_input(counts.toarray().astype(dtype), "counts", 1e4)
+    np.testing.assert_array_equal(out.toarray(), dense)
+    assert (counts != before).nnz == 0  # the input is left alone
+
+
+def test_the_target_sum_default_is_the_preprocessing_one():
+    assert Preprocessing().target_sum == 1e4
+    assert Preprocessing(target_sum=50.0).to_dict()["target_sum"] == 50.0
+
+
 @pytest.mark.parametrize(
     ("values", "kind", "message"),
     [
@@ -46,8 +71,8 @@ def test_check_values_refuses_with_a_reason(values, kind, message):
         check_values(as_matrix(values), kind)
 
 
-def test_counts_sent_as_lognorm_are_refused():
-    counts = np.random.default_rng(0).poisson(2.0, size=(20, 10)).astype(np.float32)
+def test_counts_sent_as_lognorm_are_refused(seed):
+    counts = np.random.default_rng(seed).poisson(2.0, size=(20, 10)).astype(np.float32)
     with pytest.raises(InputKindError, match="looks like raw counts"):
         check_values(counts, "lognorm")
 

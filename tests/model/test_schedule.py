@@ -12,14 +12,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 from model.batchrenorm import BatchRenorm1d
-from model.schedule import RenormSchedule, apply_renorm_limits, renorm_limits
+from model.schedule import DEFAULT_SCHEDULE, RenormSchedule, apply_renorm_limits, renorm_limits
 
 TOTAL = 160_000  # the paper's run: warm-up 5k, r_max final at 40k, d_max final at 25k
+PAPER = {"warmup_fraction": 5 / 160, "r_ramp_end_fraction": 40 / 160, "d_ramp_end_fraction": 25 / 160}
+"""Ioffe (2017)'s fractions; the defaults (what training uses) are longer."""
 
 
 @pytest.mark.parametrize("step", [0, 1, 2_500, 4_999, 5_000])
 def test_plain_batch_norm_during_warmup(step: int) -> None:
-    assert renorm_limits(step, TOTAL) == (1.0, 0.0)
+    assert renorm_limits(step, TOTAL, **PAPER) == (1.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -32,14 +34,14 @@ def test_plain_batch_norm_during_warmup(step: int) -> None:
     ],
 )
 def test_linear_ramps(step: int, expected: tuple[float, float]) -> None:
-    r_max, d_max = renorm_limits(step, TOTAL)
+    r_max, d_max = renorm_limits(step, TOTAL, **PAPER)
     assert r_max == pytest.approx(expected[0], rel=1e-12)
     assert d_max == pytest.approx(expected[1], rel=1e-12)
 
 
 @pytest.mark.parametrize("step", [40_000, 100_000, TOTAL, 10 * TOTAL])
 def test_final_values_after_the_ramps(step: int) -> None:
-    assert renorm_limits(step, TOTAL) == (3.0, 5.0)
+    assert renorm_limits(step, TOTAL, **PAPER) == (3.0, 5.0)
 
 
 def test_custom_settings() -> None:
@@ -70,14 +72,14 @@ def test_monotonic_over_a_whole_run() -> None:
 
 def test_pure_function_of_the_step() -> None:
     steps = [0, 7_000, 30_000, 5_000, 7_000, 200_000, 30_000]
-    first = [renorm_limits(step, TOTAL) for step in steps]
-    second = [renorm_limits(step, TOTAL) for step in reversed(steps)][::-1]
+    first = [renorm_limits(step, TOTAL, **PAPER) for step in steps]
+    second = [renorm_limits(step, TOTAL, **PAPER) for step in reversed(steps)][::-1]
     assert first == second
     assert first[1] == first[4] and first[2] == first[6]
 
 
 def test_accepts_numpy_integers() -> None:
-    assert renorm_limits(np.int64(22_500), np.int32(TOTAL)) == (2.0, 4.375)
+    assert renorm_limits(np.int64(22_500), np.int32(TOTAL), **PAPER) == (2.0, 4.375)
 
 
 @settings(max_examples=200, deadline=None)
@@ -119,11 +121,23 @@ def test_property_bounded_and_monotonic(
 
 
 def test_schedule_object_matches_function_and_is_frozen() -> None:
-    schedule = RenormSchedule()
+    schedule = RenormSchedule(**PAPER)
     for step in (0, 6_000, 20_000, 50_000):
-        assert schedule(step, TOTAL) == renorm_limits(step, TOTAL)
+        assert schedule(step, TOTAL) == renorm_limits(step, TOTAL, **PAPER)
+    assert RenormSchedule() == DEFAULT_SCHEDULE
+    for step in (0, 16_000, 20_000, 64_000, 100_000):
+        assert renorm_limits(step, TOTAL) == DEFAULT_SCHEDULE(step, TOTAL)
     with pytest.raises(dataclasses.FrozenInstanceError):
         schedule.r_max_final = 4.0  # type: ignore[misc]
+
+
+def test_the_defaults_are_the_ones_training_uses() -> None:
+    assert (DEFAULT_SCHEDULE.warmup_fraction, DEFAULT_SCHEDULE.r_ramp_end_fraction, DEFAULT_SCHEDULE.d_ramp_end_fraction) == (
+        0.1, 0.5, 0.4,
+    )
+    assert renorm_limits(15_999, TOTAL) == (1.0, 0.0)  # plain batch norm for the first 10 %
+    assert renorm_limits(64_000, TOTAL) == pytest.approx((2.5, 5.0))  # d_max final at 40 %
+    assert renorm_limits(80_000, TOTAL) == (3.0, 5.0)  # r_max final at 50 %
 
 
 @pytest.mark.parametrize(
@@ -131,7 +145,7 @@ def test_schedule_object_matches_function_and_is_frozen() -> None:
     [
         ({"warmup_fraction": -0.1}, r"warmup_fraction must be in \[0, 1\]"),
         ({"warmup_fraction": 1.5}, r"warmup_fraction must be in \[0, 1\]"),
-        ({"warmup_fraction": 0.3}, "r_ramp_end_fraction must be in"),
+        ({"warmup_fraction": 0.6}, "r_ramp_end_fraction must be in"),
         ({"r_ramp_end_fraction": 1.1}, "r_ramp_end_fraction must be in"),
         ({"d_ramp_end_fraction": 0.01}, "d_ramp_end_fraction must be in"),
         ({"r_max_final": 0.9}, "r_max_final must be a finite number >= 1"),
@@ -175,7 +189,7 @@ def test_apply_renorm_limits_sets_every_batch_renorm_layer() -> None:
     assert all(type(layer.r_max) is float for layer in layers)
     assert apply_renorm_limits(nn.Linear(2, 2), 2.0, 1.0) == 0
     single = BatchRenorm1d(3)
-    assert apply_renorm_limits(single, *renorm_limits(40_000, TOTAL)) == 1
+    assert apply_renorm_limits(single, *renorm_limits(40_000, TOTAL, **PAPER)) == 1
     assert (single.r_max, single.d_max) == (3.0, 5.0)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.reliability import Service, save_random_bundle, start_service
+from benchmarks.reliability.harness import Service, start_service
+from benchmarks.reliability.inputs import save_random_bundle
 
 N_GENES = 200
 """Genes of the random models served here."""

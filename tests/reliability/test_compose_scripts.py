@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmarks.reliability import child_env
+from benchmarks.reliability.harness import child_env
 from model.registry import fetch_bundle
 from tests.conftest import MlflowStore
 

@@ -22,7 +22,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from benchmarks.reliability import child_env
+from benchmarks.reliability.harness import child_env
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from benchmarks.reliability import fuzz_app
+from benchmarks.reliability.fuzz import fuzz_app
 from service.app import create_app
 from service.settings import Settings
 

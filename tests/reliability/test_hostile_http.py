@@ -6,14 +6,13 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.reliability import (
-    Service,
+from benchmarks.reliability.harness import Service
+from benchmarks.reliability.hostile_http import (
     api_key_enforced,
-    gene_names,
     oversized_bodies_cut_off,
-    predict_body,
     upload_names_sanitized,
 )
+from benchmarks.reliability.inputs import gene_names, predict_body
 from tests.reliability.conftest import BODY_LIMIT, N_GENES
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.reliability import (
+from benchmarks.reliability.hostile_registry import (
     TRAVERSAL_URIS,
     path_traversal_refused,
     pickle_never_executed,

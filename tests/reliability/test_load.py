@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.reliability import Service, gene_names, predict_body, run_load
+from benchmarks.reliability.harness import Service
+from benchmarks.reliability.inputs import gene_names, predict_body
+from benchmarks.reliability.load import run_load
 from tests.reliability.conftest import N_GENES
 
 CLIENTS = 32

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.reliability import reload_with_registry_down
+from benchmarks.reliability.reload_faults import reload_with_registry_down
 from tests.conftest import MlflowStore
 
 

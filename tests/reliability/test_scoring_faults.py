@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.reliability import kill_scoring_and_resume
+from benchmarks.reliability.scoring_faults import kill_scoring_and_resume
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.reliability import graceful_shutdown
+from benchmarks.reliability.service_faults import graceful_shutdown
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.reliability import free_port, kill_training_and_resume, run_celltype, train_args
+from benchmarks.reliability.harness import free_port, run_celltype
+from benchmarks.reliability.training_faults import kill_training_and_resume, train_args
 from model.bundle import load_bundle
 from model.registry import fetch_bundle
 from tests.conftest import MlflowStore

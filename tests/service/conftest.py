@@ -15,17 +15,21 @@ from model.bundle import ModelBundle, save_bundle
 from model.predict import Annotation, Predictor
 from service.app import create_app
 from service.settings import Settings
-from tests.factories import random_bundle
-
-GENES = [f"G{i}" for i in range(40)]
-CLASSES = ["B", "Mono", "NK", "T"]
+from tests.factories import CLASSES, GENES, random_bundle, random_counts
 
 
-def make_bundle(seed: int = 0, *, genes: list[str] | None = None, threshold: float = 0.3) -> ModelBundle:
-    """A classifier with random weights and non-trivial running statistics, bundled with metadata."""
+def make_bundle(
+    seed: int = 0,
+    *,
+    genes: list[str] | None = None,
+    classes: list[str] | None = None,
+    threshold: float = 0.3,
+) -> ModelBundle:
+    """A classifier with random weights and non-trivial running statistics, bundled with the metadata the
+    service shows (datasets, labs, hold-out scores, training time)."""
     return random_bundle(
         list(genes or GENES),
-        CLASSES,
+        list(classes or CLASSES),
         seed=seed,
         input_mean_scale=2.0,
         temperature=1.3,
@@ -38,11 +42,6 @@ def make_bundle(seed: int = 0, *, genes: list[str] | None = None, threshold: flo
             "trained_at": "2026-01-01T00:00:00+00:00",
         },
     )
-
-
-def random_counts(n_cells: int, seed: int = 1, n_genes: int = len(GENES)) -> np.ndarray:
-    """Whole-number counts, cells x genes (float32)."""
-    return np.random.default_rng(seed).poisson(3.0, size=(n_cells, n_genes)).astype(np.float32)
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +59,9 @@ def predictor(bundle_dir: Path) -> Predictor:
 
 
 @pytest.fixture
-def counts() -> np.ndarray:
+def counts(seed: int) -> np.ndarray:
     """Raw counts for 30 cells over the model's genes."""
-    return random_counts(30)
+    return random_counts(30, seed=seed + 1)
 
 
 def start_client(settings: Settings, **kwargs: Any) -> TestClient:

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from model import pyfunc
-from service.routers import invocations
 
 from .conftest import CLASSES, GENES, assert_client_error, random_counts
 
@@ -32,12 +31,6 @@ def assert_same_predictions(response, expected) -> None:
     for got, want in zip(predictions, expected, strict=True):
         assert got["predicted_cell_type"] == want["predicted_cell_type"]
         np.testing.assert_allclose([got[k] for k in list(want)[1:]], [want[k] for k in list(want)[1:]], atol=1e-7)
-
-
-def test_output_columns_are_the_pyfuncs():
-    assert invocations.LABEL_COLUMN == pyfunc.LABEL_COLUMN
-    assert invocations.CONFIDENCE_COLUMN == pyfunc.CONFIDENCE_COLUMN
-    assert invocations.PROBABILITY_PREFIX == pyfunc.PROBABILITY_PREFIX
 
 
 def test_dataframe_split(client, frame, expected):

@@ -6,12 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from fastapi import HTTPException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.schemas import _extract_rows, decode_predict_json
+from service.decoding.json_rows import extract_rows
+from service.decoding.predict import decode_predict_json
+from service.errors import BodyTooLargeError
 
 FORMATS = [
     {},
@@ -51,7 +52,7 @@ def test_compiled_reader_matches_json_loads(values, as_integers, style):
 
 def test_the_common_case_is_read_by_the_compiled_reader():
     body = b'{"genes": ["a", "b"], "cells": [[1, 2.5], [0, -3e-2]]}'
-    start, end, values, lengths = _extract_rows(body, ("cells",), 10)
+    start, end, values, lengths = extract_rows(body, ("cells",), 10)
     assert body[start:end] == b"[[1, 2.5], [0, -3e-2]]"
     np.testing.assert_array_equal(values, np.float32([1, 2.5, 0, -0.03]))
     assert lengths.tolist() == [2, 2]
@@ -77,19 +78,19 @@ def test_the_common_case_is_read_by_the_compiled_reader():
 )
 def test_anything_unusual_is_left_to_the_general_reader(cells):
     body = b'{"genes": ["a", "b"], "cells": ' + cells + b"}"
-    assert _extract_rows(body, ("cells",), 10) is None
+    assert extract_rows(body, ("cells",), 10) is None
 
 
 def test_keys_inside_strings_and_nested_objects_are_not_taken_for_the_rows():
     body = b'{"genes": ["\\"cells\\": [[9]]"], "x": {"cells": [[8]]}, "cells": [[7]]}'
-    start, end, values, _ = _extract_rows(body, ("cells",), 10)
+    start, end, values, _ = extract_rows(body, ("cells",), 10)
     assert body[start:end] == b"[[7]]" and values.tolist() == [7.0]
 
 
 @pytest.mark.parametrize("n_rows", [6, 50])
 def test_too_many_rows_are_refused_with_the_count(n_rows):
     body = json.dumps({"genes": ["a"], "cells": [[1]] * n_rows}).encode()
-    with pytest.raises(HTTPException, match=f"{n_rows} cells but at most 5"):
+    with pytest.raises(BodyTooLargeError, match=f"{n_rows} cells but at most 5"):
         decode_predict_json(body, max_cells=5)
 
 

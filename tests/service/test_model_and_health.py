@@ -63,6 +63,7 @@ def test_openapi_documents_every_route_and_the_request_bodies(client):
         "/v1/model/genes",
         "/v1/predict",
         "/v1/predict/h5ad",
+        "/v1/report",
         "/invocations",
         "/v1/admin/reload",
         "/metrics",

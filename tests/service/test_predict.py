@@ -63,9 +63,9 @@ def test_cells_below_the_threshold_are_unknown(client, counts):
     assert all(p["label"] == UNKNOWN_LABEL for p in unsure)
 
 
-def test_genes_in_any_order_with_extras_and_missing_ones_give_the_same_answer(client, predictor, counts):
-    order = np.random.default_rng(3).permutation(len(GENES))
-    extra = np.random.default_rng(4).poisson(5, size=(len(counts), 3)).astype(np.float32)
+def test_genes_in_any_order_with_extras_and_missing_ones_give_the_same_answer(client, predictor, counts, seed):
+    order = np.random.default_rng(seed).permutation(len(GENES))
+    extra = np.random.default_rng(seed + 1).poisson(5, size=(len(counts), 3)).astype(np.float32)
     genes = [GENES[i] for i in order] + ["EXTRA1", "EXTRA2", "EXTRA3"]
     cells = np.hstack([counts[:, order], extra])
     response = client.post("/v1/predict", json=predict_body(cells, genes, return_probabilities=True))
@@ -142,9 +142,9 @@ def test_npz_dense_and_csr_bodies_match_json(client, counts):
     np.testing.assert_array_equal(probabilities_of(response), expected)
 
 
-def test_a_cell_alone_equals_the_same_cell_inside_a_large_shuffled_batch(client):
-    batch = random_counts(1000, seed=7)
-    order = np.random.default_rng(8).permutation(len(batch))
+def test_a_cell_alone_equals_the_same_cell_inside_a_large_shuffled_batch(client, seed):
+    batch = random_counts(1000, seed=seed)
+    order = np.random.default_rng(seed + 1).permutation(len(batch))
     in_batch = probabilities_of(
         client.post("/v1/predict", json=predict_body(batch[order], return_probabilities=True))
     )

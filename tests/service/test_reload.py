@@ -40,17 +40,17 @@ def wait_for(condition, timeout_s: float = 15.0) -> None:
 
 
 @pytest.fixture
-def own_bundle(tmp_path: Path) -> Path:
+def own_bundle(tmp_path: Path, seed: int) -> Path:
     path = tmp_path / "served"
-    save_bundle(make_bundle(seed=0), path)
+    save_bundle(make_bundle(seed=seed), path)
     return path
 
 
-def test_reload_swaps_in_the_new_bundle(make_client, own_bundle):
+def test_reload_swaps_in_the_new_bundle(make_client, own_bundle, seed):
     client = make_client(model_uri=str(own_bundle))
     old_digest, old = served_digest(client), probabilities(client)
     assert client.post("/v1/admin/reload").json()["status"] == "unchanged"
-    new_digest = save_bundle(make_bundle(seed=1), own_bundle)
+    new_digest = save_bundle(make_bundle(seed=seed + 1), own_bundle)
     response = client.post("/v1/admin/reload")
     assert response.status_code == 200, response.text
     outcome = response.json()
@@ -67,10 +67,10 @@ def test_reload_swaps_in_the_new_bundle(make_client, own_bundle):
     assert values["celltype_model_reloads_total", (("result", "unchanged"),)] == 1
 
 
-def test_a_tampered_bundle_is_refused_and_the_old_model_keeps_serving(make_client, own_bundle):
+def test_a_tampered_bundle_is_refused_and_the_old_model_keeps_serving(make_client, own_bundle, seed):
     client = make_client(model_uri=str(own_bundle))
     old_digest, old = served_digest(client), probabilities(client)
-    save_bundle(make_bundle(seed=2), own_bundle)
+    save_bundle(make_bundle(seed=seed + 1), own_bundle)
     weights = own_bundle / WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
@@ -120,14 +120,14 @@ def test_one_reload_at_a_time(make_client, own_bundle, predictor):
     assert first == [200]
 
 
-def test_requests_in_flight_finish_on_the_model_they_started_with(make_client, own_bundle, blocking_predictor, tmp_path):
+def test_requests_in_flight_finish_on_the_model_they_started_with(make_client, own_bundle, blocking_predictor, tmp_path, seed):
     old_digest = save_bundle(blocking_predictor.bundle, tmp_path / "blocking")
     client = make_client(model_uri=str(own_bundle), predictor=blocking_predictor)
     results: list[dict] = []
     thread = threading.Thread(target=lambda: results.append(client.post("/v1/predict", json=predict_body(CELLS)).json()))
     thread.start()
     assert blocking_predictor.entered.wait(timeout=30)
-    new_digest = save_bundle(make_bundle(seed=3), own_bundle)
+    new_digest = save_bundle(make_bundle(seed=seed + 1), own_bundle)
     assert client.post("/v1/admin/reload").json()["current"]["bundle_sha256"] == new_digest
     assert client.post("/v1/predict", json=predict_body(CELLS)).json()["model"]["bundle_sha256"] == new_digest
     blocking_predictor.release.set()
@@ -135,9 +135,9 @@ def test_requests_in_flight_finish_on_the_model_they_started_with(make_client, o
     assert results[0]["model"]["bundle_sha256"] == old_digest
 
 
-def test_periodic_reload_picks_up_a_new_version(make_client, own_bundle):
+def test_periodic_reload_picks_up_a_new_version(make_client, own_bundle, seed):
     client = make_client(model_uri=str(own_bundle), reload_interval_s=0.1)
-    new_digest = save_bundle(make_bundle(seed=4), own_bundle)
+    new_digest = save_bundle(make_bundle(seed=seed + 1), own_bundle)
     wait_for(lambda: served_digest(client) == new_digest)
 
 

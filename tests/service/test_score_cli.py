@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import cli.main
-import service.scoring as scoring
+from service.scoring import executors
 
 from .test_scoring import N_CELLS, make_bundle_dir, make_counts, write_h5ad
 
@@ -91,7 +91,7 @@ ERROR_CASES = {
 def test_errors_are_one_line_with_exit_code_2(
     celltype, bundle_dir, counts_file, tmp_path, capsys, monkeypatch, case
 ):
-    monkeypatch.setattr(scoring, "SCHEDULER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(executors, "SCHEDULER_TIMEOUT_S", 1.0)
     make_args, message = ERROR_CASES[case]
     assert celltype(*make_args(tmp_path, counts_file), "--model", bundle_dir, "--no-progress") == 2
     lines = capsys.readouterr().err.strip().splitlines()

@@ -11,17 +11,20 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-import service.scoring as scoring
+import service.scoring.inputs as scoring_inputs
 from model.bundle import UNKNOWN_LABEL, save_bundle
 from model.errors import GeneMismatchError, InputError, InputKindError
 from model.predict import Predictor
-from service.scoring import ScoringJob, run_scoring
+from service.scoring import blocks, executors
+from service.scoring.job import ScoringJob, ScoringSummary, run_scoring
 from service.scoring_io import H5adRows, ScoringError
-from tests.factories import random_bundle
+from tests.factories import CLASSES, random_bundle, synthetic_adata
 
 MODEL_GENES = [f"G{i}" for i in range(60)]
-CLASSES = ["B", "Mono", "NK", "T"]
+"""The scoring model's genes: the input files hold 50 of them, shuffled, plus 15 it lacks."""
 N_CELLS = 120
+MAX_COUNT = 20
+"""Largest count in the input files."""
 
 
 def make_bundle_dir(directory: Path, seed: int = 0, classes: list[str] = CLASSES) -> Path:
@@ -33,31 +36,25 @@ def make_bundle_dir(directory: Path, seed: int = 0, classes: list[str] = CLASSES
     return directory
 
 
-def make_counts(n_cells: int = N_CELLS, seed: int = 1) -> tuple[sp.csr_matrix, list[str]]:
-    """Sparse raw counts over the model's genes (shuffled, 10 missing) plus 15 genes the model lacks."""
-    rng = np.random.default_rng(seed)
-    genes = [g for g in MODEL_GENES if g not in {f"G{i}" for i in range(50, 60)}]
-    genes += [f"EXTRA{i}" for i in range(15)]
-    genes = list(rng.permutation(genes))
-    dense = rng.negative_binomial(2, 0.4, size=(n_cells, len(genes))) * (
-        rng.random((n_cells, len(genes))) < 0.4
-    )
-    dense[3] = 0  # a cell with no counts at all
-    return sp.csr_matrix(dense.astype(np.float32)), genes
+def make_counts(n_cells: int = N_CELLS, seed: int = 0) -> tuple[sp.csr_matrix, list[str]]:
+    """Sparse synthetic raw counts over 50 of the model's genes (shuffled) plus 15 genes the model lacks;
+    cell 3 has no counts at all. Counts are capped at :data:`MAX_COUNT`, below any log-normalized value,
+    so that declaring them log-normalized is refused for holding only whole numbers."""
+    genes = MODEL_GENES[:50] + [f"EXTRA{i}" for i in range(15)]
+    genes = list(np.random.default_rng(seed).permutation(genes))
+    dense = np.minimum(synthetic_adata(n_cells, genes, seed=seed).X.toarray(), MAX_COUNT)
+    dense[3] = 0
+    return sp.csr_matrix(dense), genes
 
 
 def write_h5ad(path: Path, X, genes: list[str], **layers) -> Path:
-    """An .h5ad with ``X``, named cells, an obs column and optional layers."""
-    n_cells = X.shape[0]
-    adata = ad.AnnData(
-        X=X,
-        obs=pd.DataFrame(
-            {"batch": pd.Categorical(["lab1", "lab2"] * (n_cells // 2) + ["lab1"] * (n_cells % 2))},
-            index=[f"cell{i}" for i in range(n_cells)],
-        ),
-        var=pd.DataFrame(index=genes),
-        layers=layers,
-    )
+    """An .h5ad holding ``X`` over ``genes`` (and ``layers``), with the synthetic data set's cells
+    (``cell0``...) and obs columns (``cell_type``, ``batch``)."""
+    n_types = min(len(CLASSES), len(genes))  # the generator needs a marker gene per type
+    adata = synthetic_adata(max(X.shape[0], 1), genes, n_types=n_types)[: X.shape[0]].copy()
+    adata.X = X
+    for name, layer in layers.items():
+        adata.layers[name] = layer
     adata.write_h5ad(path)
     return path
 
@@ -73,7 +70,7 @@ def counts_file(tmp_path_factory) -> Path:
     return write_h5ad(tmp_path_factory.mktemp("data") / "counts.h5ad", X, genes)
 
 
-def score(inputs, bundle_dir: Path, out: Path, **options) -> scoring.ScoringSummary:
+def score(inputs, bundle_dir: Path, out: Path, **options) -> ScoringSummary:
     """Run scoring without a progress bar."""
     paths = tuple(Path(p) for p in (inputs if isinstance(inputs, list | tuple) else [inputs]))
     return run_scoring(ScoringJob(inputs=paths, model=str(bundle_dir), out=out, progress=False, **options))
@@ -122,8 +119,8 @@ def test_results_do_not_depend_on_the_chunk_size(bundle_dir, counts_file, tmp_pa
 def test_blocks_and_threads_do_not_change_results(bundle_dir, counts_file, tmp_path, monkeypatch, threads):
     baseline = tmp_path / "baseline.csv"
     score(counts_file, bundle_dir, baseline)
-    monkeypatch.setattr(scoring, "BLOCK_ROWS", 13)
-    monkeypatch.setattr(scoring, "scoring_threads", lambda: threads)
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 13)
+    monkeypatch.setattr(executors, "usable_cores", lambda: threads)
     out = tmp_path / "small_blocks.csv"
     score(counts_file, bundle_dir, out)
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(baseline), check_exact=True)
@@ -140,6 +137,7 @@ def test_h5ad_output_keeps_the_file_and_adds_obs_columns(bundle_dir, counts_file
     annotation, _ = reference(bundle_dir, counts_file)
     assert (annotated.X != ad.read_h5ad(counts_file).X).nnz == 0
     assert list(annotated.obs.columns) == [
+        "cell_type",
         "batch",
         "predicted_cell_type",
         "confidence",
@@ -187,14 +185,14 @@ def test_per_class_columns_in_h5ad_with_awkward_class_names(counts_file, tmp_pat
     score(counts_file, bundle_dir, out, top_k=5)
     obs = ad.read_h5ad(out).obs
     columns = ["probability:B_plasma", "probability:T_label", "probability:NK"]
-    assert list(obs.columns) == ["batch", "predicted_cell_type", "confidence"] + columns
+    assert list(obs.columns) == ["cell_type", "batch", "predicted_cell_type", "confidence"] + columns
     assert all(obs[c].dtype == np.float32 for c in columns)
     np.testing.assert_allclose(obs[columns].sum(axis=1), 1.0, rtol=1e-5)
     assert set(obs["predicted_cell_type"].cat.categories) == {"B/plasma", "T_label", "NK", UNKNOWN_LABEL}
 
 
-def test_several_inputs_make_one_table(bundle_dir, counts_file, tmp_path):
-    X, genes = make_counts(n_cells=30, seed=5)
+def test_several_inputs_make_one_table(bundle_dir, counts_file, tmp_path, seed):
+    X, genes = make_counts(n_cells=30, seed=seed + 1)
     second = write_h5ad(tmp_path / "second.h5ad", X, genes)
     out = tmp_path / "both.parquet"
     summary = score([counts_file, second], bundle_dir, out, chunk_size=25)
@@ -210,8 +208,8 @@ def test_several_inputs_make_one_table(bundle_dir, counts_file, tmp_path):
         score([counts_file, second], bundle_dir, tmp_path / "both.h5ad")
 
 
-def test_dense_matrix_lognorm_layer_and_declared_kind(bundle_dir, tmp_path):
-    X, genes = make_counts(n_cells=40, seed=3)
+def test_dense_matrix_lognorm_layer_and_declared_kind(bundle_dir, tmp_path, seed):
+    X, genes = make_counts(n_cells=40, seed=seed)
     totals = np.asarray(X.sum(axis=1)).ravel()
     lognorm = np.log1p(X.toarray() / np.maximum(totals, 1)[:, None] * 1e4).astype(np.float32)
     path = write_h5ad(tmp_path / "dense.h5ad", X.toarray(), genes, lognorm=lognorm)
@@ -250,7 +248,7 @@ def test_wrong_input_kind_is_refused_with_the_service_message(bundle_dir, counts
 
 
 def test_bad_value_deep_in_the_file_names_the_cell(bundle_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(scoring, "SAMPLE_CELLS", 10)
+    monkeypatch.setattr(scoring_inputs, "SAMPLE_CELLS", 10)
     X, genes = make_counts(n_cells=60)
     row = 47
     X.data[X.indptr[row] + 1] = 2.5
@@ -268,8 +266,8 @@ def test_bad_value_deep_in_the_file_names_the_cell(bundle_dir, tmp_path, monkeyp
 
 
 def test_log_normalized_block_of_whole_numbers_is_refused(bundle_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(scoring, "SAMPLE_CELLS", 10)
-    monkeypatch.setattr(scoring, "BLOCK_ROWS", 10)
+    monkeypatch.setattr(scoring_inputs, "SAMPLE_CELLS", 10)
+    monkeypatch.setattr(blocks, "BLOCK_ROWS", 10)
     X, genes = make_counts(n_cells=40)
     X.data = np.minimum(X.data, 20.0)
     X.data[: X.indptr[30]] += 0.5  # the first 30 cells look log-normalized, the last 10 hold counts
@@ -281,7 +279,7 @@ def test_log_normalized_block_of_whole_numbers_is_refused(bundle_dir, tmp_path, 
 
 
 def test_counts_within_tolerance_of_whole_numbers_are_accepted(bundle_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(scoring, "SAMPLE_CELLS", 5)
+    monkeypatch.setattr(scoring_inputs, "SAMPLE_CELLS", 5)
     X, genes = make_counts(n_cells=30)
     X.data[-1] += 2e-5
     path = write_h5ad(tmp_path / "almost.h5ad", X, genes)
@@ -324,7 +322,7 @@ class Crash(RuntimeError):
 
 def crash_after(monkeypatch, n_chunks: int, check=None) -> None:
     """Make scoring raise :class:`Crash` when chunk ``n_chunks + 1`` starts."""
-    real = scoring.score_chunk
+    real = executors.score_chunk
     calls = []
 
     def flaky(*args, **kwargs):
@@ -335,7 +333,7 @@ def crash_after(monkeypatch, n_chunks: int, check=None) -> None:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scoring, "score_chunk", flaky)
+    monkeypatch.setattr(executors, "score_chunk", flaky)
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_output(bundle_dir, counts_file, tmp_path, monkeypatch):
@@ -370,7 +368,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_output(bundle_dir, counts_
     pd.testing.assert_frame_equal(ad.read_h5ad(out).obs, ad.read_h5ad(expected).obs, check_exact=True)
 
 
-def test_resume_refuses_a_changed_input_or_model(bundle_dir, tmp_path, monkeypatch):
+def test_resume_refuses_a_changed_input_or_model(bundle_dir, tmp_path, monkeypatch, seed):
     X, genes = make_counts(n_cells=50)
     path = write_h5ad(tmp_path / "in.h5ad", X, genes)
     out = tmp_path / "out.csv"
@@ -378,7 +376,7 @@ def test_resume_refuses_a_changed_input_or_model(bundle_dir, tmp_path, monkeypat
     with pytest.raises(Crash):
         score(path, bundle_dir, out, chunk_size=20)
     monkeypatch.undo()
-    other_model = make_bundle_dir(tmp_path / "other", seed=7)
+    other_model = make_bundle_dir(tmp_path / "other", seed=seed + 1)
     with pytest.raises(ScoringError, match="cannot resume.*model_sha256"):
         score(path, other_model, out, chunk_size=20, resume=True)
     write_h5ad(path, X[::-1], genes)
@@ -463,8 +461,8 @@ def test_ordered_map_keeps_order_and_raises_the_first_error():
             raise ValueError("bad item 40")
         return x * x
 
-    assert list(scoring.ordered_map(slow_square, range(40), 3)) == [x * x for x in range(40)]
-    results = scoring.ordered_map(slow_square, range(100), 3)
+    assert list(blocks.ordered_map(slow_square, range(40), 3)) == [x * x for x in range(40)]
+    results = blocks.ordered_map(slow_square, range(100), 3)
     assert [next(results) for _ in range(40)] == [x * x for x in range(40)]
     with pytest.raises(ValueError, match="bad item 40"):
         next(results)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 
-import service.scoring as scoring
+import service.scoring.inputs as scoring_inputs
 from model.errors import InputKindError
+from service.scoring import executors
 from service.scoring_io import ScoringError
 
 from .test_scoring import make_bundle_dir, make_counts, score, write_h5ad
@@ -19,9 +20,9 @@ from .test_scoring import make_bundle_dir, make_counts, score, write_h5ad
 
 def cached_predictor_ids() -> list[int]:
     """Run on a worker: identities of the models it has loaded."""
-    import service.scoring
+    from service.scoring import executors
 
-    return [id(predictor) for predictor in service.scoring._WORKER_PREDICTORS.values()]
+    return [id(predictor) for predictor in executors._WORKER_PREDICTORS.values()]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_dask_results_equal_the_single_process_run(cluster, bundle_dir, counts_f
 
 
 def test_a_bad_value_found_on_a_worker_names_the_cell(cluster, bundle_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(scoring, "SAMPLE_CELLS", 10)
+    monkeypatch.setattr(scoring_inputs, "SAMPLE_CELLS", 10)
     X, genes = make_counts(n_cells=80, seed=2)
     X.data[X.indptr[66]] = -3.0
     path = write_h5ad(tmp_path / "bad.h5ad", X, genes)
@@ -80,7 +81,7 @@ def test_a_bad_value_found_on_a_worker_names_the_cell(cluster, bundle_dir, tmp_p
 
 
 def test_unreachable_scheduler_is_a_clear_error(bundle_dir, counts_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(scoring, "SCHEDULER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(executors, "SCHEDULER_TIMEOUT_S", 1.0)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -11,8 +11,9 @@ import cli.main
 from model.bundle import load_bundle
 from training.config import TrainConfig
 from training.data import load_labeled
+from training.outputs import write_run
+from training.pipeline import train_model
 from training.synthetic import make_multilab
-from training.trainer import train_model, write_run
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from training.augment import LabEffectAugmenter, augmenter_from_config
 from training.config import ConfigError, TrainConfig, resolve_config
 
 
-def test_per_lab_draws_are_shared_within_a_lab_and_differ_between_labs() -> None:
+def test_per_lab_draws_are_shared_within_a_lab_and_differ_between_labs(seed) -> None:
     batches = np.array(["a", "a", "b", "b"])
-    augment = LabEffectAugmenter(batches, "per_lab", scale=0.5, shift=0.0, seed=1)
+    augment = LabEffectAugmenter(batches, "per_lab", scale=0.5, shift=0.0, seed=seed)
     z = torch.ones(4, 6)
     x = augment(z, np.arange(4))
     torch.testing.assert_close(x[0], x[1])
@@ -22,8 +22,8 @@ def test_per_lab_draws_are_shared_within_a_lab_and_differ_between_labs() -> None
     assert (x > 0).all() and not torch.allclose(x[0], z[0])
 
 
-def test_per_batch_uses_one_draw_and_zeros_stay_zero() -> None:
-    augment = LabEffectAugmenter(np.array(["a", "b", "c"]), "per_batch", scale=0.3, shift=0.5, seed=2)
+def test_per_batch_uses_one_draw_and_zeros_stay_zero(seed) -> None:
+    augment = LabEffectAugmenter(np.array(["a", "b", "c"]), "per_batch", scale=0.3, shift=0.5, seed=seed)
     z = torch.tensor([[1.0, 0.0, 2.0], [1.0, 0.0, 2.0], [1.0, 3.0, 0.0]])
     x = augment(z, np.arange(3))
     torch.testing.assert_close(x[0], x[1])
@@ -31,10 +31,10 @@ def test_per_batch_uses_one_draw_and_zeros_stay_zero() -> None:
     assert x[0, 0] == x[2, 0]
 
 
-def test_draws_are_reproducible_from_the_seed() -> None:
+def test_draws_are_reproducible_from_the_seed(seed) -> None:
     rows, z = np.arange(2), torch.rand(2, 5)
-    first = LabEffectAugmenter(["a", "b"], "per_lab", 0.2, 0.2, seed=3)(z, rows)
-    second = LabEffectAugmenter(["a", "b"], "per_lab", 0.2, 0.2, seed=3)(z, rows)
+    first = LabEffectAugmenter(["a", "b"], "per_lab", 0.2, 0.2, seed=seed)(z, rows)
+    second = LabEffectAugmenter(["a", "b"], "per_lab", 0.2, 0.2, seed=seed)(z, rows)
     torch.testing.assert_close(first, second)
 
 
@@ -51,7 +51,7 @@ def test_config_keys_and_set_syntax() -> None:
 
 def test_training_applies_the_augmentation_to_training_inputs_only(multilab_adata) -> None:
     from training.data import LabeledData
-    from training.trainer import train_model
+    from training.pipeline import train_model
 
     a = multilab_adata
     data = LabeledData(X=a.X.tocsr(), genes=list(map(str, a.var_names)), labels=np.asarray(a.obs["cell_type"]).astype(str),

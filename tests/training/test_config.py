@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from model.schedule import DEFAULT_SCHEDULE, RenormSchedule
 from training.config import (
     KEYS,
     ConfigError,
@@ -107,3 +108,13 @@ def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         config.epochs = 3  # type: ignore[misc]
     assert config.updated({"epochs": "3"}).epochs == 3
+
+
+def test_the_batch_renorm_schedule_defaults_come_from_the_model() -> None:
+    assert TrainConfig().renorm_schedule == DEFAULT_SCHEDULE
+    config = resolve_config(None, ["brn_warmup_fraction=0.2", "brn_r_max_final=2"])
+    assert config.renorm_schedule == RenormSchedule(warmup_fraction=0.2, r_max_final=2.0)
+    with pytest.raises(ConfigError, match="brn_r_ramp_end_fraction must be in"):
+        resolve_config(None, ["brn_warmup_fraction=0.6"])
+    with pytest.raises(ConfigError, match="brn_d_max_final must be a finite number"):
+        resolve_config(None, ["brn_d_max_final=-1"])

@@ -20,15 +20,15 @@ from model.schedule import apply_renorm_limits
 from training.config import TrainConfig
 from training.data import load_labeled
 from training.distributed import DataParallel, SyncBatchNorm1d, torchrun_command, use_synced_statistics
-from training.trainer import train_model
+from training.pipeline import train_model
 
 FAST = {"epochs": 2, "hidden_sizes": [32, 16], "validation_fraction": 0.0, "dropout": 0.0, "device": "cpu",
         "sampler": "shuffled", "weight_averaging": False}  # one process's global mini-batches: shuffled
 # sampler only; and the step-by-step equivalence is checked on the raw weights, not their average
 
 
-def test_sync_batchnorm_stays_plain_batchnorm_and_keeps_its_state_dict() -> None:
-    torch.manual_seed(0)
+def test_sync_batchnorm_stays_plain_batchnorm_and_keeps_its_state_dict(seed) -> None:
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 2), BatchRenorm1d(2))
     weight = model[1].weight
     assert use_synced_statistics(model) == 2

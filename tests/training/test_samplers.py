@@ -30,9 +30,9 @@ def _skewed(k: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["shuffled", "lab_homogeneous"])
-def test_every_cell_comes_once_per_epoch(name) -> None:
+def test_every_cell_comes_once_per_epoch(name, seed) -> None:
     labels, labs = _cells()
-    sampler = make_sampler(name, labels, labs, batch_size=32, seed=3)
+    sampler = make_sampler(name, labels, labs, batch_size=32, seed=seed)
     for epoch in range(3):
         batches = sampler.batches(epoch)
         assert len(batches) == len(sampler)
@@ -41,37 +41,37 @@ def test_every_cell_comes_once_per_epoch(name) -> None:
         assert all(b.dtype == np.int64 for b in batches)
 
 
-def test_shuffled_batches_mix_labs() -> None:
+def test_shuffled_batches_mix_labs(seed) -> None:
     labels, labs = _cells()
-    batches = ShuffledSampler(labels, labs, 64, seed=1).batches(0)
+    batches = ShuffledSampler(labels, labs, 64, seed=seed).batches(0)
     assert np.mean([len(set(labs[b])) > 1 for b in batches]) > 0.9
 
 
-def test_lab_homogeneous_batches_come_from_one_lab_one_lab_after_another() -> None:
+def test_lab_homogeneous_batches_come_from_one_lab_one_lab_after_another(seed) -> None:
     labels, labs = _cells()
-    sampler = LabHomogeneousSampler(labels, labs, 16, seed=2)
+    sampler = LabHomogeneousSampler(labels, labs, 16, seed=seed)
     for epoch in range(4):
         order = [set(labs[b]) for b in sampler.batches(epoch)]
         assert all(len(s) == 1 for s in order)
         sequence = [s.pop() for s in order]
         switches = sum(a != b for a, b in zip(sequence, sequence[1:], strict=False))
         assert switches == 3  # streamed: each of the 4 labs once
-    firsts = {LabHomogeneousSampler(labels, labs, 16, seed=2).batches(e)[0][0] for e in range(6)}
+    firsts = {LabHomogeneousSampler(labels, labs, 16, seed=seed).batches(e)[0][0] for e in range(6)}
     assert len({labs[r] for r in firsts}) > 1  # the lab order is shuffled per epoch
 
 
-def test_lab_homogeneous_can_interleave_the_labs() -> None:
+def test_lab_homogeneous_can_interleave_the_labs(seed) -> None:
     labels, labs = _cells()
-    batches = LabHomogeneousSampler(labels, labs, 16, seed=2, interleave=True).batches(0)
+    batches = LabHomogeneousSampler(labels, labs, 16, seed=seed, interleave=True).batches(0)
     sequence = [labs[b[0]] for b in batches]
     assert all(len(set(labs[b])) == 1 for b in batches)
     assert sum(a != b for a, b in zip(sequence, sequence[1:], strict=False)) > 10
     np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(len(labels)))
 
 
-def test_class_balanced_draws_classes_equally_often() -> None:
+def test_class_balanced_draws_classes_equally_often(seed) -> None:
     labels, labs = _cells(n=1000)
-    sampler = ClassBalancedSampler(labels, labs, 50, seed=4)
+    sampler = ClassBalancedSampler(labels, labs, 50, seed=seed)
     rows = np.concatenate(sampler.batches(0))
     assert len(rows) == 1000 and len(sampler) == 20
     _, counts = np.unique(labels[rows], return_counts=True)
@@ -84,28 +84,28 @@ def test_class_balanced_draws_classes_equally_often() -> None:
     assert np.bincount(rows, minlength=len(labels))[large].max() == 1  # no repeats where not needed
 
 
-def test_samplers_are_pure_functions_of_seed_and_epoch() -> None:
+def test_samplers_are_pure_functions_of_seed_and_epoch(seed) -> None:
     labels, labs = _cells()
     for name in SAMPLERS:
-        first = make_sampler(name, labels, labs, 32, seed=5).batches(2)
-        again = make_sampler(name, labels, labs, 32, seed=5).batches(2)
+        first = make_sampler(name, labels, labs, 32, seed=seed).batches(2)
+        again = make_sampler(name, labels, labs, 32, seed=seed).batches(2)
         assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
-        other_epoch = make_sampler(name, labels, labs, 32, seed=5).batches(3)
-        other_seed = make_sampler(name, labels, labs, 32, seed=6).batches(2)
+        other_epoch = make_sampler(name, labels, labs, 32, seed=seed).batches(3)
+        other_seed = make_sampler(name, labels, labs, 32, seed=seed + 1).batches(2)
         assert not np.array_equal(np.concatenate(first), np.concatenate(other_epoch))
         assert not np.array_equal(np.concatenate(first), np.concatenate(other_seed))
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_get_disjoint_shards_of_equal_length(name, world_size) -> None:
+def test_ranks_get_disjoint_shards_of_equal_length(name, world_size, seed) -> None:
     labels, labs = _cells(n=1001)
     shards = [
-        make_sampler(name, labels, labs, 16, seed=7, rank=rank, world_size=world_size).batches(1)
+        make_sampler(name, labels, labs, 16, seed=seed, rank=rank, world_size=world_size).batches(1)
         for rank in range(world_size)
     ]
     assert len({len(s) for s in shards}) == 1
-    single = np.concatenate(make_sampler(name, labels, labs, 16, seed=7).batches(1))
+    single = np.concatenate(make_sampler(name, labels, labs, 16, seed=seed).batches(1))
     pooled = np.concatenate([np.concatenate(s) for s in shards])
     if name == "class_balanced":  # shards of one draw: together they are (nearly) the single-rank draw
         assert len(pooled) == (len(labels) // world_size) * world_size

@@ -16,9 +16,9 @@ def _cells(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return labels, batches
 
 
-def test_holdout_cells_never_reach_training_or_validation() -> None:
+def test_holdout_cells_never_reach_training_or_validation(seed) -> None:
     labels, batches = _cells()
-    split = make_split(labels, batches, ["lab2"], 0.2, seed=0)
+    split = make_split(labels, batches, ["lab2"], 0.2, seed=seed)
     assert set(batches[split.holdout]) == {"lab2"}
     assert "lab2" not in set(batches[split.train]) | set(batches[split.validation])
     assert split.train_batches == ("lab1", "lab3") and split.holdout_batches == ("lab2",)
@@ -26,9 +26,9 @@ def test_holdout_cells_never_reach_training_or_validation() -> None:
     assert np.array_equal(np.sort(everything), np.arange(600))
 
 
-def test_validation_is_stratified_by_batch_and_class_and_deterministic() -> None:
+def test_validation_is_stratified_by_batch_and_class_and_deterministic(seed) -> None:
     labels, batches = _cells()
-    train, validation = stratified_validation(labels, batches, 0.2, seed=3)
+    train, validation = stratified_validation(labels, batches, 0.2, seed=seed)
     assert np.intersect1d(train, validation).size == 0
     for batch in ("lab1", "lab2", "lab3"):
         for label in ("a", "b", "c"):
@@ -37,15 +37,15 @@ def test_validation_is_stratified_by_batch_and_class_and_deterministic() -> None
             assert in_validation == min(round(0.2 * group.size), group.size - 1)
     # every group keeps at least one training cell, so every class stays trainable
     assert set(labels[train]) == set(labels)
-    again_train, again_validation = stratified_validation(labels, batches, 0.2, seed=3)
+    again_train, again_validation = stratified_validation(labels, batches, 0.2, seed=seed)
     assert np.array_equal(train, again_train) and np.array_equal(validation, again_validation)
-    _, other = stratified_validation(labels, batches, 0.2, seed=4)
+    _, other = stratified_validation(labels, batches, 0.2, seed=seed + 1)
     assert not np.array_equal(validation, other)
 
 
-def test_zero_fraction_gives_no_validation() -> None:
+def test_zero_fraction_gives_no_validation(seed) -> None:
     labels, batches = _cells()
-    train, validation = stratified_validation(labels, batches, 0.0, seed=0)
+    train, validation = stratified_validation(labels, batches, 0.0, seed=seed)
     assert validation.size == 0 and train.size == labels.size
 
 

@@ -17,17 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import torch
 from mlflow import MlflowClient
 
 from model.bundle import ModelBundle, file_sha256, load_bundle, save_bundle
-from model.classifier import CellTypeClassifier, ClassifierConfig
 from model.errors import InputError
 from model.predict import Predictor
-from model.preprocessing import Preprocessing
 from model.pyfunc import LABEL_COLUMN, probability_column
 from model.registry import ModelNotFoundError, RegistryUnavailableError, fetch_bundle
 from tests.conftest import MlflowStore, free_port, stop_process_group, subprocess_env, wait_until_healthy
+from tests.factories import GENES, random_bundle
 from training.registry_cli import add_commands
 from training.tracking import (
     PUBLISHED_FILE,
@@ -40,25 +38,17 @@ from training.tracking import (
     resolve_tracking_uri,
 )
 
-GENES = [f"GENE{i}" for i in range(24)]
 CLASSES = ["B cell", "CD4+ T", "NK"]
+"""Class names with a space and a ``+``: the pyfunc's probability columns must carry them."""
 
 
 def tiny_bundle(seed: int = 0) -> ModelBundle:
     """A small classifier with random weights and running statistics, bundled."""
-    torch.manual_seed(seed)
-    model = CellTypeClassifier(
-        ClassifierConfig(n_genes=len(GENES), n_classes=len(CLASSES), hidden_sizes=(8,))
-    )
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, len(GENES)) + 1)
-    return ModelBundle.from_model(
-        model,
-        genes=list(GENES),
-        classes=list(CLASSES),
-        preprocessing=Preprocessing(),
+    return random_bundle(
+        GENES,
+        CLASSES,
+        seed=seed,
+        hidden_sizes=(8,),
         metadata={
             "datasets": ["pbmc_demo"],
             "train_batches": ["lab1", "lab2"],

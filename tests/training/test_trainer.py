@@ -16,16 +16,11 @@ from training.config import TrainConfig
 from training.data import LabeledData
 from training.lr_schedule import learning_rate
 from training.metrics import classification_scores
+from training.outputs import write_run
+from training.pipeline import train_model
 from training.splits import make_split
 from training.synthetic import make_multilab
-from training.trainer import (
-    Evaluation,
-    Trainer,
-    class_weights,
-    input_statistics,
-    train_model,
-    write_run,
-)
+from training.trainer import Evaluation, Trainer, class_weights, input_statistics
 
 SMALL = {
     "n_top_genes": 60,

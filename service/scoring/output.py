@@ -1,0 +1,72 @@
+"""Assembling the output from the saved chunks and moving it into place with one atomic rename."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from model.outputs import CELL_ID_COLUMN
+from service.scoring.inputs import PreparedInput
+from service.scoring.tasks import ChunkTask
+from service.scoring.workdir import WorkDirectory
+from service.scoring_io import (
+    SOURCE_FILE_COLUMN,
+    ChunkResult,
+    ObsColumnsWriter,
+    ResultColumns,
+    ScoringError,
+    TableWriter,
+)
+
+
+def _table(result: ChunkResult, columns: ResultColumns, cell_ids: np.ndarray, source: Path) -> pd.DataFrame:
+    frame = result.frame(columns)
+    frame.insert(0, SOURCE_FILE_COLUMN, np.full(result.n_cells, str(source), dtype=object))
+    frame.insert(0, CELL_ID_COLUMN, cell_ids)
+    return frame
+
+
+def write_output(
+    out: Path,
+    suffix: str,
+    inputs: list[PreparedInput],
+    tasks: list[ChunkTask],
+    workdir: WorkDirectory,
+    columns: ResultColumns,
+) -> dict[str, int]:
+    """Assemble ``out`` from the chunks saved in ``workdir``, move it into place; return label counts."""
+    temporary = workdir.temporary_output(out)
+    categories = columns.label_categories
+    counts = np.zeros(len(categories), dtype=np.int64)
+    try:
+        if suffix == ".h5ad":
+            writer: ObsColumnsWriter | TableWriter = ObsColumnsWriter(
+                inputs[0].path, temporary, columns, inputs[0].reader.n_cells
+            )
+        else:
+            writer = TableWriter(temporary, suffix)
+        try:
+            for task in tasks:
+                result = ChunkResult.load(workdir.chunk_file(task))
+                counts += np.bincount(result.label_codes, minlength=len(categories))
+                if isinstance(writer, ObsColumnsWriter):
+                    writer.write(task.start, result)
+                else:
+                    item = inputs[task.input_index]
+                    writer.write(
+                        _table(result, columns, item.reader.cell_ids(task.start, task.stop), item.path)
+                    )
+            if not tasks and isinstance(writer, TableWriter):
+                writer.write(_table(ChunkResult.empty(columns), columns, np.array([], dtype=object), Path()))
+        finally:
+            writer.close()
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, out)
+    except OSError as exc:
+        raise ScoringError(f"cannot write {out}: {exc}") from None
+    ranked = sorted(zip(categories, counts.tolist(), strict=True), key=lambda item: -item[1])
+    return {label: count for label, count in ranked if count}
