@@ -175,6 +175,19 @@ class Predictor:
         """Predicted cell type per cell; ``"Unknown"`` where confidence is below ``threshold``."""
         return self.annotate(X, genes, input_kind=input_kind, threshold=threshold).labels
 
+    def embed(
+        self, X: Any, genes: Sequence[str] | None = None, *, input_kind: str = "counts"
+    ) -> np.ndarray:
+        """The last hidden layer's activations ``(n_cells, width)`` (float32; eval mode, same input
+        checks and preprocessing as :meth:`predict_proba`)."""
+        matrix, alignment = self._checked(X, genes, input_kind)
+        n_cells = matrix.shape[0]
+        embedding = np.empty((n_cells, self.bundle.config.hidden_sizes[-1]), dtype=np.float32)
+        for start in range(0, n_cells, self.chunk_size):
+            stop = min(start + self.chunk_size, n_cells)
+            embedding[start:stop] = self._embedding(self._model_input(matrix[start:stop], alignment, input_kind))
+        return embedding
+
     def annotate(
         self,
         X: Any,
@@ -240,3 +253,8 @@ class Predictor:
         inputs = torch.from_numpy(model_input).to(self.device, non_blocking=True)
         logits = self.model(inputs).float()
         return torch.softmax(logits / self.bundle.temperature, dim=1).cpu().numpy()
+
+    @torch.inference_mode()
+    def _embedding(self, model_input: np.ndarray) -> np.ndarray:
+        inputs = torch.from_numpy(model_input).to(self.device, non_blocking=True)
+        return self.model.embed(inputs).float().cpu().numpy()
