@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmarks.data_sets import DEFAULT_DATA_DIR, data_directory
 from benchmarks.evidence import Plan, quick_plan, run_plan
 from benchmarks.evidence_report import write_report
-from benchmarks.lobo import DEFAULT_DATA_DIR, data_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
-from benchmarks.lobo import DEFAULT_DATA_DIR
+from benchmarks.data_sets import DEFAULT_DATA_DIR
 
 
 @pytest.mark.slow

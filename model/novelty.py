@@ -1,0 +1,447 @@
+"""Novelty detection: is a cell unlike every cell type the model was trained on?
+
+A classifier's softmax always picks one of its known types, so a cell of a type it never saw is
+silently given the nearest known label. The scorers here give each cell a *novelty score* (higher =
+less like the training cells) from the model's own outputs for that cell alone:
+
+- ``"mahalanobis"`` (Lee et al. 2018): the smallest squared Mahalanobis distance from the cell's
+  last hidden block's pre-activation (:func:`hidden_features`) to the training cells' class means, under one shared (tied) covariance
+  shrunk towards a scaled identity (Ledoit-Wolf), so that it is invertible for any width.
+- ``"relative_mahalanobis"`` (Ren et al. 2021): the same minus the distance to one Gaussian of all
+  training cells, which discounts shifts that move a cell away from every class alike.
+- ``"knn"``: the cosine distance from the cell's hidden features to its ``k``-th nearest training cell
+  (stores a sample of the training features).
+- ``"energy"`` (Liu et al. 2020): ``-T · logsumexp(logits / T)``.
+- ``"max_softmax"`` (Hendrycks & Gimpel 2017): ``1 - max softmax(logits / T)``.
+
+:class:`NoveltyDetector` wraps one scorer with its threshold, chosen as a quantile of the scores of
+validation cells from the *training* labs (a held-out lab is never looked at), and stores as named
+float arrays plus JSON-ready metadata (:meth:`NoveltyDetector.to_state` / :meth:`~NoveltyDetector.from_state`),
+ready for a safetensors bundle. :func:`unknown_reasons` says why a cell is called Unknown.
+
+Typical use at training time::
+
+    detector = NoveltyDetector.fit("mahalanobis", train_hidden, train_targets, n_classes)
+    detector.calibrate(validation_hidden, quantile=0.99)
+    metadata, arrays = detector.to_state()
+
+and at inference ``NoveltyDetector.from_state(metadata, arrays).is_novel(hidden)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from model.classifier import CellTypeClassifier
+
+HIDDEN = "hidden"
+"""Scorers whose input is :func:`hidden_features` (the last hidden block before its activation)."""
+LOGITS = "logits"
+"""Scorers whose input is the classifier's logits."""
+
+LOW_CONFIDENCE = "low_confidence"
+"""Unknown because the top calibrated probability is below the bundle's ``unknown_threshold``."""
+UNLIKE_TRAINING = "unlike_training"
+"""Unknown because the novelty score is above the detector's threshold."""
+
+DEFAULT_METHOD = "relative_mahalanobis"
+"""Default scorer (chosen on the leave-one-type-out study, ``python -m benchmarks.novelty``)."""
+DEFAULT_QUANTILE = 0.99
+"""Default quantile of the training labs' validation scores used as the threshold."""
+
+
+@torch.no_grad()
+def hidden_features(model: CellTypeClassifier, inputs: torch.Tensor) -> torch.Tensor:
+    """The last hidden block's pre-activation (Linear → Norm, before ReLU) for model input ``inputs``.
+
+    The distance scorers use this rather than the block's output: after the ReLU, cells of an unseen
+    type collapse onto the known types' active units (measured in ``benchmarks.novelty``). Call it on
+    a model in eval mode so the norm layers use their fixed running statistics.
+    """
+    earlier = model.blocks[:-1](model.standardize(inputs))
+    linear, norm = model.blocks[-1][0], model.blocks[-1][1]
+    return norm(linear(earlier))
+
+
+def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Negative energy ``-T · logsumexp(logits / T)`` per row (higher = more novel)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    top = scaled.max(axis=1, keepdims=True)
+    return -temperature * (top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1)))
+
+
+def max_softmax_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``1 - max softmax(logits / T)`` per row (higher = more novel)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    probabilities = np.exp(scaled)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return 1.0 - probabilities.max(axis=1)
+
+
+def ledoit_wolf_covariance(centered: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ledoit-Wolf shrunk covariance of already-centered rows, and the shrinkage used.
+
+    ``(1 - s) · S + s · μ I`` with ``S`` the sample covariance, ``μ = trace(S) / d`` and ``s`` the
+    Ledoit-Wolf (2004) estimate of the optimal shrinkage, clipped to [0, 1].
+    """
+    x = np.asarray(centered, dtype=np.float64)
+    n, d = x.shape
+    sample = x.T @ x / n
+    mu = float(np.trace(sample)) / d
+    target_distance = float(np.square(sample - mu * np.eye(d)).sum())
+    if target_distance <= 0.0 or mu <= 0.0:
+        return (mu if mu > 0 else 1.0) * np.eye(d), 1.0
+    spread = float((np.square(np.square(x).sum(axis=1))).sum() / n**2 - np.square(sample).sum() / n)
+    shrinkage = float(np.clip(spread / target_distance, 0.0, 1.0))
+    return (1.0 - shrinkage) * sample + shrinkage * mu * np.eye(d), shrinkage
+
+
+def _check_features(features: np.ndarray, width: int | None = None) -> np.ndarray:
+    array = np.asarray(features, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"features must be a 2-d (cells x features) array, got shape {array.shape}")
+    if width is not None and array.shape[1] != width:
+        raise ValueError(f"features have {array.shape[1]} columns but the detector was fitted on {width}")
+    if not np.isfinite(array).all():
+        raise ValueError("features contain NaN or infinite values")
+    return array
+
+
+class Scorer(Protocol):
+    """What every novelty scorer provides."""
+
+    method: str
+    input: str
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Novelty score per row (higher = less like the training cells)."""
+
+    def params(self) -> dict[str, Any]:
+        """JSON-ready parameters (no arrays)."""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fitted arrays, by name."""
+
+
+@dataclass
+class MahalanobisScorer:
+    """Smallest squared Mahalanobis distance to the class means under a tied, shrunk covariance.
+
+    With ``background`` (the *relative* Mahalanobis distance of Ren et al. 2021), the distance to one
+    Gaussian fitted to all training cells is subtracted: a shift that moves a cell away from every
+    class alike (a new lab's technical effect) then counts less than a move towards no class at all.
+
+    Attributes:
+        means: ``(n_classes, d)`` class means of the training features (rows of absent classes are NaN).
+        precision: ``(d, d)`` inverse of the shared covariance.
+        background_mean: ``(d,)`` mean of all training features (relative variant only).
+        background_precision: ``(d, d)`` inverse of their shrunk covariance (relative variant only).
+        shrinkage: the Ledoit-Wolf shrinkage of the class covariance.
+    """
+
+    means: np.ndarray
+    precision: np.ndarray
+    background_mean: np.ndarray | None = None
+    background_precision: np.ndarray | None = None
+    shrinkage: float = 0.0
+    input: str = HIDDEN
+
+    @property
+    def method(self) -> str:
+        """``"relative_mahalanobis"`` with a background, else ``"mahalanobis"``."""
+        return "mahalanobis" if self.background_mean is None else "relative_mahalanobis"
+
+    @classmethod
+    def fit(
+        cls, features: np.ndarray, labels: np.ndarray, n_classes: int, *, relative: bool = False
+    ) -> MahalanobisScorer:
+        """Class means and tied covariance of ``features`` grouped by integer ``labels`` in ``[0, n_classes)``."""
+        x = _check_features(features)
+        y = np.asarray(labels, dtype=np.int64)
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"need one label per row: {x.shape[0]} rows, labels of shape {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(f"labels must be class indices in [0, {n_classes}), got {y.min()}..{y.max()}")
+        if x.shape[0] < 2:
+            raise ValueError("need at least two cells to fit a covariance")
+        counts = np.bincount(y, minlength=n_classes)
+        sums = np.zeros((n_classes, x.shape[1]))
+        np.add.at(sums, y, x)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums / counts[:, None]
+        covariance, shrinkage = ledoit_wolf_covariance(x - means[y])
+        scorer = cls(means=means, precision=np.linalg.inv(covariance), shrinkage=shrinkage)
+        if relative:
+            scorer.background_mean = x.mean(axis=0)
+            background, _ = ledoit_wolf_covariance(x - scorer.background_mean)
+            scorer.background_precision = np.linalg.inv(background)
+        return scorer
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """``min_c (x - μ_c)ᵀ P (x - μ_c)`` over the classes seen in training (minus the background distance)."""
+        x = _check_features(features, self.precision.shape[0])
+        means = self.means[np.isfinite(self.means).all(axis=1)]
+        projected = x @ self.precision
+        self_term = np.einsum("ij,ij->i", projected, x)
+        mean_term = np.einsum("ij,jk,ik->i", means, self.precision, means)
+        distances = self_term[:, None] - 2.0 * projected @ means.T + mean_term[None, :]
+        nearest = np.maximum(distances.min(axis=1), 0.0)
+        if self.background_mean is None or self.background_precision is None:
+            return nearest
+        centered = x - self.background_mean
+        return nearest - np.einsum("ij,jk,ik->i", centered, self.background_precision, centered)
+
+    def params(self) -> dict[str, Any]:
+        """JSON-ready parameters."""
+        return {"shrinkage": self.shrinkage}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``means`` and ``precision`` (and the background's)."""
+        arrays = {"means": self.means, "precision": self.precision}
+        if self.background_mean is not None and self.background_precision is not None:
+            arrays |= {"background_mean": self.background_mean, "background_precision": self.background_precision}
+        return arrays
+
+
+@dataclass
+class KnnScorer:
+    """Cosine distance to the ``k``-th nearest training cell in hidden-feature space.
+
+    Attributes:
+        reference: ``(m, d)`` unit-length hidden features of (a sample of) the training cells.
+        k: which neighbour's distance is the score.
+    """
+
+    reference: np.ndarray
+    k: int = 10
+    method: str = "knn"
+    input: str = HIDDEN
+
+    @classmethod
+    def fit(
+        cls, features: np.ndarray, labels: np.ndarray, n_classes: int, *, k: int = 10, max_reference: int = 5000,
+        seed: int = 0,
+    ) -> KnnScorer:
+        """Keep up to ``max_reference`` training cells (a class-stratified random sample) as references."""
+        x = _check_features(features)
+        y = np.asarray(labels, dtype=np.int64)
+        if x.shape[0] <= k:
+            raise ValueError(f"need more than k={k} training cells, got {x.shape[0]}")
+        keep = np.arange(x.shape[0])
+        if x.shape[0] > max_reference:
+            rng = np.random.default_rng(seed)
+            share = max_reference / x.shape[0]
+            keep = np.concatenate([
+                rng.permutation(np.flatnonzero(y == c))[: max(1, math.floor(share * int((y == c).sum())))]
+                for c in range(n_classes) if (y == c).any()
+            ])
+        return cls(reference=_unit_rows(x[np.sort(keep)]), k=k)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """``1 - cos`` to the ``k``-th most similar reference cell."""
+        x = _unit_rows(_check_features(features, self.reference.shape[1]))
+        scores = np.empty(x.shape[0])
+        for start in range(0, x.shape[0], 2048):
+            similarity = x[start : start + 2048] @ self.reference.T
+            kth = np.partition(-similarity, self.k - 1, axis=1)[:, self.k - 1]
+            scores[start : start + 2048] = 1.0 + kth
+        return scores
+
+    def params(self) -> dict[str, Any]:
+        """JSON-ready parameters."""
+        return {"k": self.k}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``reference``."""
+        return {"reference": self.reference}
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class LogitScorer:
+    """Energy or max-softmax score of the logits at a fixed temperature (nothing fitted)."""
+
+    method: str
+    temperature: float = 1.0
+    input: str = LOGITS
+
+    def __post_init__(self) -> None:
+        if self.method not in ("energy", "max_softmax"):
+            raise ValueError(f"a logit scorer is 'energy' or 'max_softmax', got {self.method!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Novelty score of each row of logits."""
+        logits = _check_features(features)
+        function = energy_score if self.method == "energy" else max_softmax_score
+        return function(logits, self.temperature)
+
+    def params(self) -> dict[str, Any]:
+        """JSON-ready parameters."""
+        return {"temperature": self.temperature}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """None: nothing is fitted."""
+        return {}
+
+
+METHODS = ("mahalanobis", "relative_mahalanobis", "knn", "energy", "max_softmax")
+"""Novelty scorers by name."""
+
+
+@dataclass
+class NoveltyDetector:
+    """A novelty scorer with its threshold: cells scoring above ``threshold`` are unlike training.
+
+    Attributes:
+        scorer: the fitted scorer; ``scorer.input`` says whether it takes hidden features or logits.
+        threshold: scores above it are novel (``inf`` until :meth:`calibrate`).
+        quantile: the validation quantile the threshold was taken at (``None`` when set by hand).
+        info: JSON-ready facts about the fit (cell counts), stored with the detector.
+    """
+
+    scorer: Scorer
+    threshold: float = math.inf
+    quantile: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        """The scorer's name (one of :data:`METHODS`)."""
+        return self.scorer.method
+
+    @property
+    def input(self) -> str:
+        """:data:`HIDDEN` or :data:`LOGITS`: what :meth:`score` expects."""
+        return self.scorer.input
+
+    @classmethod
+    def fit(
+        cls, method: str, features: np.ndarray, labels: np.ndarray, n_classes: int, **params: Any
+    ) -> NoveltyDetector:
+        """Fit ``method`` on the training cells' features (hidden layer or logits, per :attr:`input`).
+
+        Args:
+            method: one of :data:`METHODS`.
+            features: ``(n_cells, d)`` hidden features (``mahalanobis``, ``knn``) or logits (``energy``,
+                ``max_softmax``) of the training cells.
+            labels: integer class index of each training cell.
+            n_classes: number of classes of the model.
+            params: scorer options (``k``, ``max_reference``, ``seed`` for knn; ``temperature`` for
+                the logit scorers).
+        """
+        if method in ("mahalanobis", "relative_mahalanobis"):
+            relative = method == "relative_mahalanobis"
+            scorer: Scorer = MahalanobisScorer.fit(features, labels, n_classes, relative=relative, **params)
+        elif method == "knn":
+            scorer = KnnScorer.fit(features, labels, n_classes, **params)
+        elif method in ("energy", "max_softmax"):
+            scorer = LogitScorer(method, **params)
+        else:
+            raise ValueError(f"unknown novelty method {method!r}; choose one of {', '.join(METHODS)}")
+        return cls(scorer=scorer, info={"n_cells_fit": int(np.asarray(features).shape[0])})
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Novelty score per cell; each cell's score depends on that cell's features alone."""
+        return self.scorer.score(features)
+
+    def calibrate(self, validation_features: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> float:
+        """Set :attr:`threshold` to the ``quantile`` of the validation cells' scores and return it.
+
+        Use validation cells of the training labs only (never a held-out lab): then about
+        ``1 - quantile`` of known-type cells from the training labs are flagged.
+        """
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        scores = self.score(validation_features)
+        if scores.size == 0:
+            raise ValueError("no validation cells to choose the novelty threshold on")
+        self.threshold = float(np.quantile(scores, quantile))
+        self.quantile = quantile
+        self.info["n_cells_calibration"] = int(scores.size)
+        return self.threshold
+
+    def is_novel(self, features: np.ndarray) -> np.ndarray:
+        """Boolean per cell: novelty score above :attr:`threshold`."""
+        return self.score(features) > self.threshold
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``(metadata, arrays)``: JSON-ready metadata and float32 arrays (e.g. for safetensors)."""
+        metadata = {
+            "method": self.method,
+            "input": self.input,
+            "threshold": self.threshold if math.isfinite(self.threshold) else None,
+            "quantile": self.quantile,
+            "params": self.scorer.params(),
+            "info": dict(self.info),
+        }
+        arrays = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in self.scorer.arrays().items()}
+        return metadata, arrays
+
+    @classmethod
+    def from_state(cls, metadata: dict[str, Any], arrays: dict[str, np.ndarray]) -> NoveltyDetector:
+        """Rebuild from :meth:`to_state` output.
+
+        Raises:
+            ValueError: an unknown method, or arrays missing for it.
+        """
+        method = metadata.get("method")
+        params = dict(metadata.get("params") or {})
+        try:
+            if method in ("mahalanobis", "relative_mahalanobis"):
+                relative = method == "relative_mahalanobis"
+                scorer: Scorer = MahalanobisScorer(
+                    means=np.asarray(arrays["means"], dtype=np.float64),
+                    precision=np.asarray(arrays["precision"], dtype=np.float64),
+                    background_mean=np.asarray(arrays["background_mean"], dtype=np.float64) if relative else None,
+                    background_precision=(
+                        np.asarray(arrays["background_precision"], dtype=np.float64) if relative else None
+                    ),
+                    **params,
+                )
+            elif method == "knn":
+                scorer = KnnScorer(reference=np.asarray(arrays["reference"], dtype=np.float64), **params)
+            elif method in ("energy", "max_softmax"):
+                scorer = LogitScorer(method, **params)
+            else:
+                raise ValueError(f"unknown novelty method {method!r}; this bundle may be from a newer celltype")
+        except KeyError as exc:
+            raise ValueError(f"novelty detector {method!r} is missing its array {exc.args[0]!r}") from None
+        threshold = metadata.get("threshold")
+        return cls(
+            scorer=scorer,
+            threshold=math.inf if threshold is None else float(threshold),
+            quantile=metadata.get("quantile"),
+            info=dict(metadata.get("info") or {}),
+        )
+
+
+def unknown_reasons(confidence: np.ndarray, unknown_threshold: float, novel: np.ndarray | None) -> np.ndarray:
+    """Why each cell is Unknown: :data:`UNLIKE_TRAINING`, :data:`LOW_CONFIDENCE`, or ``""`` (not Unknown).
+
+    A cell flagged by the novelty detector is ``unlike_training`` whatever its confidence; otherwise
+    it is ``low_confidence`` when its top calibrated probability is below ``unknown_threshold``.
+
+    Args:
+        confidence: top calibrated probability per cell.
+        unknown_threshold: the bundle's probability threshold.
+        novel: :meth:`NoveltyDetector.is_novel` per cell, or ``None`` without a detector.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    reasons = np.where(confidence < unknown_threshold, LOW_CONFIDENCE, "").astype(object)
+    if novel is not None:
+        novel = np.asarray(novel, dtype=bool)
+        if novel.shape != confidence.shape:
+            raise ValueError(f"novel has shape {novel.shape} but confidence has {confidence.shape}")
+        reasons[novel] = UNLIKE_TRAINING
+    return reasons
