@@ -9,23 +9,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.datastructures import UploadFile
 
+from service.decoding.predict import decode_predict_json, decode_predict_npz
+from service.decoding.prediction_input import PredictionInput
 from service.deps import MetricsDep, RunnerDep, ServedModelDep, SettingsDep
+from service.errors import RequestInputError, unsupported_media_type
 from service.h5ad_io import H5AD_MEDIA_TYPE, annotated_h5ad, predictions_csv, read_h5ad_cells
 from service.inference import annotate, predict_payload, prediction_records
 from service.model_store import ServedModel
-from service.routers import ERROR_RESPONSES, JSON_MEDIA_TYPE, media_type, unsupported_media_type
-from service.schemas import (
-    NPZ_MEDIA_TYPE,
-    PredictionInput,
-    PredictRequest,
-    PredictResponse,
-    decode_predict_json,
-    decode_predict_npz,
-    openapi_request_body,
-)
+from service.routers import ERROR_RESPONSES, JSON_MEDIA_TYPE, NPZ_MEDIA_TYPE, media_type, openapi_request_body
+from service.schemas import PredictRequest, PredictResponse
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"])
@@ -100,10 +95,7 @@ async def predict(
     }
     if received == JSON_MEDIA_TYPE:
         if options:
-            raise HTTPException(
-                status_code=422,
-                detail=f"options {sorted(options)} go in the JSON body, not in the query string",
-            )
+            raise RequestInputError(f"options {sorted(options)} go in the JSON body, not in the query string")
     elif received != NPZ_MEDIA_TYPE:
         raise unsupported_media_type(received, [JSON_MEDIA_TYPE, NPZ_MEDIA_TYPE])
     body = await request.body()
@@ -162,7 +154,7 @@ async def predict_h5ad(
     async with request.form(max_files=1, max_fields=16) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise HTTPException(status_code=422, detail="send the .h5ad file in a multipart field named 'file'")
+            raise RequestInputError("send the .h5ad file in a multipart field named 'file'")
         options = {
             "output_format": output_format,
             "layer": layer,
