@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir.mkdir(parents=True, exist_ok=True)
         report = run_all(workdir, quick=args.quick)
     command = "python -m benchmarks.reliability" + (" --quick" if args.quick else "") + " --write"
-    text = render(report, command)
+    text = render(report, command).replace(str(workdir), "WORKDIR")  # no machine paths in the page
     print(text)
     if args.write:
         DOC.parent.mkdir(parents=True, exist_ok=True)

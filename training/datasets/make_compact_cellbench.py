@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m training.datasets.make_compact_cellbench /work/shared/data/h5ad/cellbench.h5ad \
+    python -m training.datasets.make_compact_cellbench ../shared/data/h5ad/cellbench.h5ad \
         training/datasets/cellbench.h5ad
 
 Keeps every cell, the obs columns ``cell_type``, ``batch`` and ``protocol``, ``var['gene_id']`` and
