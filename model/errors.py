@@ -5,6 +5,10 @@ them to HTTP 4xx, the CLI to a message and a non-zero exit code); ``BundleError`
 bundle that is missing, incomplete or tampered with.
 """
 
+EXIT_INPUT = 2
+"""Exit code of every ``celltype`` command refused with a :class:`CellTypeError`: a one-line message says
+what to fix."""
+
 
 class CellTypeError(Exception):
     """Base class of every error this project raises on purpose."""

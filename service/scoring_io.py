@@ -1,9 +1,7 @@
-"""Reading and writing for batch scoring: rows of an ``.h5ad`` file straight from HDF5, and the outputs.
+"""The outputs of batch scoring, and the per-chunk results they are written from.
 
-Reading never loads a whole matrix: :class:`H5adRows` reads row ranges of ``X`` (or a layer) directly
-from the HDF5 datasets of a CSR matrix (``data``, ``indices``, ``indptr``) or from a dense array, so
-memory depends on the rows asked for, not on the file. Column-major (CSC) matrices cannot be read by
-rows cheaply and are refused with a message saying how to convert them.
+Inputs are read by the project's one ``.h5ad`` row reader, :class:`model.h5ad.H5adRows` (row ranges
+straight from HDF5, every block structurally checked; column-major files are refused with a fix).
 
 Writing produces one of three formats, chosen by the output's suffix (:data:`OUTPUT_SUFFIXES`):
 
@@ -29,12 +27,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import scipy.sparse as sp
-from anndata.io import read_elem, write_elem
+from anndata.io import write_elem
 
 from model.bundle import UNKNOWN_LABEL
 from model.errors import CellTypeError, InputError
-from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PROBABILITY_COLUMN_PREFIX
+from model.novelty import UNKNOWN_REASONS
+from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PROBABILITY_COLUMN_PREFIX, UNKNOWN_REASON_COLUMN
 
 OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
 """Output formats, by file suffix."""
@@ -51,7 +49,8 @@ class ScoringError(CellTypeError):
 class ResultColumns:
     """The per-cell result columns for a model's classes and a requested top-k.
 
-    Always :data:`LABEL_COLUMN` and :data:`CONFIDENCE_COLUMN`. Then, for ``0 < top_k < n_classes``,
+    Always :data:`LABEL_COLUMN`, :data:`CONFIDENCE_COLUMN` and :data:`UNKNOWN_REASON_COLUMN` (why the cell
+    is ``"Unknown"``, ``""`` otherwise; a categorical over :data:`model.novelty.UNKNOWN_REASONS`). Then, for ``0 < top_k < n_classes``,
     ``top1_label, top1_prob, ..., top{k}_label, top{k}_prob`` (the k most likely types, most likely
     first, ties broken by class order); for ``top_k >= n_classes`` one ``probability:<class>`` column
     per class instead (the full distribution, in the model's class order); nothing more for ``top_k == 0``.
@@ -102,7 +101,7 @@ class ResultColumns:
 
     def names(self) -> list[str]:
         """Every result column name, in output order."""
-        names = [LABEL_COLUMN, CONFIDENCE_COLUMN]
+        names = [LABEL_COLUMN, CONFIDENCE_COLUMN, UNKNOWN_REASON_COLUMN]
         for rank in range(1, self.n_top + 1):
             names += [f"top{rank}_label", f"top{rank}_prob"]
         return names + self.probability_columns
@@ -115,6 +114,7 @@ class ChunkResult:
     Attributes:
         label_codes: per cell, the index of its predicted label in ``ResultColumns.label_categories``.
         confidence: per cell, the probability of the most likely class.
+        reason_codes: per cell, the index of its ``unknown_reason`` in :data:`model.novelty.UNKNOWN_REASONS`.
         top_index: ``(n, n_top)`` class indices of the k most likely classes (top-k mode).
         top_prob: ``(n, n_top)`` their probabilities (top-k mode).
         probabilities: ``(n, n_classes)`` every class's probability (per-class mode), else ``(n, 0)``.
@@ -122,11 +122,12 @@ class ChunkResult:
 
     label_codes: np.ndarray
     confidence: np.ndarray
+    reason_codes: np.ndarray
     top_index: np.ndarray
     top_prob: np.ndarray
     probabilities: np.ndarray
 
-    FIELDS = ("label_codes", "confidence", "top_index", "top_prob", "probabilities")
+    FIELDS = ("label_codes", "confidence", "reason_codes", "top_index", "top_prob", "probabilities")
 
     @classmethod
     def empty(cls, columns: ResultColumns) -> ChunkResult:
@@ -135,6 +136,7 @@ class ChunkResult:
         return cls(
             label_codes=np.zeros(0, dtype=np.int32),
             confidence=np.zeros(0, dtype=np.float32),
+            reason_codes=np.zeros(0, dtype=np.int8),
             top_index=np.zeros((0, columns.n_top), dtype=np.int32),
             top_prob=np.zeros((0, columns.n_top), dtype=np.float32),
             probabilities=np.zeros((0, n_probabilities), dtype=np.float32),
@@ -169,6 +171,7 @@ class ChunkResult:
         data: dict[str, Any] = {
             LABEL_COLUMN: pd.Categorical.from_codes(self.label_codes, categories),
             CONFIDENCE_COLUMN: self.confidence,
+            UNKNOWN_REASON_COLUMN: pd.Categorical.from_codes(self.reason_codes, list(UNKNOWN_REASONS)),
         }
         classes = np.asarray(columns.classes, dtype=object)
         for rank in range(columns.n_top):
@@ -181,189 +184,8 @@ class ChunkResult:
         return pd.DataFrame(data)
 
 
-@dataclass(frozen=True)
-class RowBlock:
-    """Rows ``start .. start + n_rows - 1`` of a matrix, as stored: CSR parts or a dense array.
-
-    Attributes:
-        start: the first row's index in the file.
-        n_rows: number of rows.
-        n_columns: number of columns (the file's genes).
-        values: CSR ``data`` (1-D) or the dense rows (2-D), in the file's dtype.
-        indices: CSR column indices (``None`` when dense).
-        indptr: CSR row pointers rebased to 0, int32 (``None`` when dense).
-    """
-
-    start: int
-    n_rows: int
-    n_columns: int
-    values: np.ndarray
-    indices: np.ndarray | None = None
-    indptr: np.ndarray | None = None
-
-    @property
-    def is_sparse(self) -> bool:
-        """True for CSR rows."""
-        return self.indptr is not None
-
-    def csr(self) -> sp.csr_matrix:
-        """The rows as a CSR matrix (dense rows are converted; explicit zeros are dropped)."""
-        if self.is_sparse:
-            return sp.csr_matrix(
-                (self.values, self.indices, self.indptr), shape=(self.n_rows, self.n_columns)
-            )
-        return sp.csr_matrix(self.values)
-
-
 def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class H5adRows:
-    """Row access to the matrix (``X`` or a layer) of an ``.h5ad`` file, without loading it.
-
-    Args:
-        path: the ``.h5ad`` file.
-        layer: a key of ``layers`` to read instead of ``X``.
-
-    Raises:
-        InputError: the file is missing or not an ``.h5ad`` file, the layer does not exist, the matrix
-            is column-major or of an unknown encoding, or ``obs``/``var`` do not match its shape.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], layer: str | None = None) -> None:
-        self.path = Path(path)
-        self.layer = layer
-        if not self.path.is_file():
-            raise InputError(f"{self.path}: no such file; give the path of an .h5ad file")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot be read as an .h5ad (HDF5) file: {exc}") from None
-        try:
-            self._open_matrix()
-            self.genes = self._read_genes()
-            self._obs_names = self._obs_index()
-        except BaseException:
-            self._file.close()
-            raise
-
-    def _element_name(self) -> str:
-        return "X" if self.layer is None else f"layers/{self.layer}"
-
-    def _open_matrix(self) -> None:
-        name = self._element_name()
-        if name not in self._file:
-            if self.layer is None:
-                raise InputError(f"{self.path}: has no X matrix; is it an AnnData .h5ad file?")
-            layers = sorted(self._file["layers"]) if "layers" in self._file else []
-            raise InputError(
-                f"{self.path}: has no layer {self.layer!r}; its layers are {layers or 'none'} "
-                "(leave out --layer to score X)"
-            )
-        element = self._file[name]
-        self._data = self._indices = self._indptr = self._dense = None
-        if isinstance(element, h5py.Dataset):
-            if element.ndim != 2:
-                raise InputError(f"{self.path}: {name} is {element.ndim}-D; expected a cells x genes matrix")
-            self._dense = element
-            self.n_cells, self.n_genes = (int(n) for n in element.shape)
-            return
-        encoding = _decode(element.attrs.get("encoding-type", element.attrs.get("h5sparse_format", "")))
-        if encoding in ("csc_matrix", "csc"):
-            raise InputError(
-                f"{self.path}: {name} is stored column by column (CSC), which cannot be read by cells; "
-                "convert it once, e.g. adata.X = adata.X.tocsr(); adata.write_h5ad(...)"
-            )
-        if encoding not in ("csr_matrix", "csr") or not {"data", "indices", "indptr"} <= set(element):
-            raise InputError(
-                f"{self.path}: {name} has an unknown encoding {encoding!r}; expected CSR or dense"
-            )
-        shape = element.attrs.get("shape", element.attrs.get("h5sparse_shape"))
-        self.n_cells, self.n_genes = (int(n) for n in shape)
-        self._data, self._indices, self._indptr = element["data"], element["indices"], element["indptr"]
-        if self._indptr.shape[0] != self.n_cells + 1:
-            raise InputError(
-                f"{self.path}: {name}/indptr has {self._indptr.shape[0]} entries for {self.n_cells} cells"
-            )
-
-    def _read_genes(self) -> list[str]:
-        if "var" not in self._file:
-            raise InputError(f"{self.path}: has no var (gene names)")
-        genes = [str(g) for g in read_elem(self._file["var"]).index]
-        if len(genes) != self.n_genes:
-            raise InputError(
-                f"{self.path}: var names {len(genes)} genes but the matrix has {self.n_genes} columns"
-            )
-        return genes
-
-    def _obs_index(self) -> h5py.Dataset | np.ndarray:
-        obs = self._file.get("obs")
-        if isinstance(obs, h5py.Group) and "_index" in obs.attrs and _decode(obs.attrs["_index"]) in obs:
-            names = obs[_decode(obs.attrs["_index"])]
-        elif obs is not None:
-            names = np.asarray(read_elem(obs).index.astype(str), dtype=object)
-        else:
-            raise InputError(f"{self.path}: has no obs (cell names)")
-        if names.shape[0] != self.n_cells:
-            raise InputError(
-                f"{self.path}: obs names {names.shape[0]} cells but the matrix has {self.n_cells} rows"
-            )
-        return names
-
-    @property
-    def is_sparse(self) -> bool:
-        """True when the matrix is stored as CSR."""
-        return self._dense is None
-
-    @property
-    def dtype(self) -> np.dtype:
-        """The stored values' dtype."""
-        return (self._data if self._dense is None else self._dense).dtype
-
-    def cell_ids(self, start: int, stop: int) -> np.ndarray:
-        """The obs names of rows ``start .. stop - 1`` (object array of str)."""
-        names = self._obs_names
-        if isinstance(names, h5py.Dataset):
-            if names.dtype.kind == "O" or h5py.check_string_dtype(names.dtype) is not None:
-                return np.asarray(names.asstr()[start:stop], dtype=object)
-            return np.asarray([str(v) for v in names[start:stop]], dtype=object)
-        return names[start:stop]
-
-    def read(self, start: int, stop: int) -> RowBlock:
-        """Rows ``start .. stop - 1``.
-
-        Raises:
-            InputError: the rows cannot be read (a damaged file).
-        """
-        try:
-            if self._dense is not None:
-                return RowBlock(start, stop - start, self.n_genes, self._dense[start:stop])
-            pointers = self._indptr[start : stop + 1].astype(np.int64)
-            low, high = int(pointers[0]), int(pointers[-1])
-            indices = self._indices[low:high]
-            if indices.dtype != np.int32:
-                indices = indices.astype(np.int32)
-            return RowBlock(
-                start,
-                stop - start,
-                self.n_genes,
-                self._data[low:high],
-                indices,
-                (pointers - low).astype(np.int32),
-            )
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot read cells {start}..{stop - 1}: {exc}") from None
-
-    def close(self) -> None:
-        """Close the file."""
-        self._file.close()
-
-    def __enter__(self) -> H5adRows:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def output_suffix(path: Path) -> str:
@@ -378,11 +200,15 @@ def output_suffix(path: Path) -> str:
 
 
 class TableWriter:
-    """Writes the per-cell table (CSV or parquet) chunk by chunk, so memory stays flat."""
+    """Writes the per-cell table (CSV or parquet) chunk by chunk, so memory stays flat.
 
-    def __init__(self, path: Path, suffix: str) -> None:
+    ``metadata`` goes into a parquet file's schema metadata (CSV has none).
+    """
+
+    def __init__(self, path: Path, suffix: str, metadata: dict[bytes, bytes] | None = None) -> None:
         self.path = path
         self.suffix = suffix
+        self.metadata = metadata
         self._parquet: pq.ParquetWriter | None = None
         self._wrote_header = False
 
@@ -396,7 +222,8 @@ class TableWriter:
             return
         table = _arrow_table(frame)
         if self._parquet is None:
-            self._parquet = pq.ParquetWriter(self.path, table.schema)
+            schema = table.schema if self.metadata is None else table.schema.with_metadata(self.metadata)
+            self._parquet = pq.ParquetWriter(self.path, schema)
         self._parquet.write_table(table)
 
     def close(self) -> None:
@@ -442,13 +269,14 @@ class ObsColumnsWriter:
         for name in columns.names():
             if name in obs:
                 del obs[name]
-            if name in label_columns:
+            if name in label_columns or name == UNKNOWN_REASON_COLUMN:
+                reasons = name == UNKNOWN_REASON_COLUMN
                 group = obs.create_group(name)
                 group.attrs.update(
                     {"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": False}
                 )
-                write_elem(group, "categories", np.asarray(categories, dtype=object))
-                self._datasets[name] = self._array(group, "codes", n_cells, code_dtype)
+                write_elem(group, "categories", np.asarray(UNKNOWN_REASONS if reasons else categories, dtype=object))
+                self._datasets[name] = self._array(group, "codes", n_cells, np.int8 if reasons else code_dtype)
             else:
                 self._datasets[name] = self._array(obs, name, n_cells, np.float32)
         order = [_decode(c) for c in np.atleast_1d(obs.attrs.get("column-order", np.array([], dtype=object)))]
@@ -468,6 +296,7 @@ class ObsColumnsWriter:
         stop = start + result.n_cells
         self._datasets[LABEL_COLUMN][start:stop] = result.label_codes
         self._datasets[CONFIDENCE_COLUMN][start:stop] = result.confidence
+        self._datasets[UNKNOWN_REASON_COLUMN][start:stop] = result.reason_codes
         for rank in range(self._columns.n_top):
             self._datasets[f"top{rank + 1}_label"][start:stop] = result.top_index[:, rank]
             self._datasets[f"top{rank + 1}_prob"][start:stop] = result.top_prob[:, rank]

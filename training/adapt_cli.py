@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from model.adapt import ADAPTATION_WARNING, adaptation_warning, read_target_cells
 from model.errors import InputError
 from training.run import EXIT_OK, EXIT_REGISTRY_UNAVAILABLE
+
+__all__ = ["ADAPTATION_WARNING", "add_commands", "adapt_to_directory", "read_target", "run_adapt"]
 
 DEFAULT_MAX_CELLS = 100_000
 """Target cells used at most (a random subset of larger files); the statistics converge long before."""
@@ -30,7 +33,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "adapt",
         help="adapt a model to a new lab by re-estimating its normalization statistics (AdaBN)",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0] + " " + ADAPTATION_WARNING,
     )
     parser.add_argument("target", metavar="TARGET.h5ad", help="unlabeled cells of the new lab")
     parser.add_argument("--model", required=True, metavar="URI_OR_DIR", help="bundle directory or models:/NAME@ALIAS")
@@ -49,27 +52,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def read_target(path: Path, predictor: Any, input_kind: str, layer: str | None, max_cells: int, seed: int) -> np.ndarray:
-    """The model input of (at most ``max_cells`` random) cells of ``path``, aligned to the model's genes."""
-    import anndata
+    """The model input of (at most ``max_cells`` random) cells of ``path``, aligned to the model's genes.
 
+    The file is read by the project's one ``.h5ad`` reader (:func:`model.adapt.read_target_cells`), so a
+    structurally broken matrix is refused (:class:`model.sparse.SparseStructureError`) before any kernel.
+    """
     from model.preprocessing import detect_input_kind
 
     if not path.is_file():
         raise InputError(f"target file not found: {path}")
-    try:
-        adata = anndata.read_h5ad(path)
-    except Exception as exc:  # anndata raises many kinds for a broken file
-        raise InputError(f"cannot read {path} as .h5ad: {exc}") from None
-    if max_cells < 2:
-        raise InputError(f"--max-cells must be at least 2 (got {max_cells})")
-    X = adata.layers[layer] if layer else adata.X
-    if layer and layer not in adata.layers:
-        raise InputError(f"{path} has no layer {layer!r}; layers: {', '.join(adata.layers) or 'none'}")
-    if adata.n_obs > max_cells:
-        rows = np.sort(np.random.default_rng(seed).choice(adata.n_obs, max_cells, replace=False))
-        X = X[rows]
+    X, genes = read_target_cells(path, layer=layer, max_cells=max_cells, seed=seed)
     kind = detect_input_kind(X) if input_kind == "auto" else input_kind
-    return predictor.transform(X, [str(g) for g in adata.var_names], input_kind=kind)
+    return predictor.transform(X, genes, input_kind=kind)
 
 
 def adapt_to_directory(
@@ -108,6 +102,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     from model.registry.store import RegistryUnavailableError, registry_client
     from training.tracking import publish, resolve_tracking_uri
 
+    print(adaptation_warning("adapt"), file=sys.stderr)
     tracking_uri = resolve_tracking_uri(args.tracking_uri) if (args.register or args.model.startswith("models:/")) else None
     out = Path(args.out)
     bundle_dir, parent = adapt_to_directory(

@@ -15,8 +15,8 @@ Reading rules:
 - Memory: sparse matrices stay sparse (a dense ``X`` is converted to CSR). A file whose matrix would
   take more than :data:`BACKED_MEMORY_FRACTION` of the available memory (or any file when
   ``backed=True``) is read the way anndata's backed mode (``backed="r"``) reads it: straight from the
-  HDF5 file with :func:`anndata.io.sparse_dataset` (or h5py for a dense matrix), in row chunks that
-  are column-subset, checked and appended to one preallocated CSR one at a time: memory holds the
+  HDF5 file with the project's one row reader, :class:`model.h5ad.H5adRows` (which checks each block's
+  CSR structure as it reads it), in row chunks that are column-subset, checked and appended to one preallocated CSR one at a time: memory holds the
   result plus one chunk, never a dense copy and never the matrix twice.
 - Genes: the files' genes are intersected (in the first file's order); the report says how many genes
   each file had and how many of them were dropped. Duplicated gene names in a file are refused (which
@@ -39,10 +39,13 @@ import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from anndata.io import read_elem, sparse_dataset
+from anndata.io import read_elem
 
 from model.errors import GeneMismatchError, InputError, InputKindError
+from model.genes import identifier_columns
+from model.h5ad import H5adRows
 from model.preprocessing import Preprocessing, check_values, detect_input_kind, to_model_input
+from training.gene_identifiers import shared_identifiers
 
 BACKED_MEMORY_FRACTION = 0.25
 """With ``backed="auto"``, a file is read in row chunks when its matrix needs more than this share of
@@ -75,6 +78,8 @@ class LabeledData:
         cell_ids: identifier of each cell (str).
         input_kind: ``"counts"`` or ``"lognorm"``.
         sources: the files the cells were read from.
+        gene_identifiers: the same genes by other identifiers (``{var column: one name per gene}``,
+            see :mod:`training.gene_identifiers`); the model's bundle records them.
     """
 
     X: sp.csr_matrix
@@ -84,6 +89,7 @@ class LabeledData:
     cell_ids: np.ndarray
     input_kind: str
     sources: list[str] = field(default_factory=list)
+    gene_identifiers: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n_cells, n_genes = self.X.shape
@@ -150,7 +156,8 @@ class LabeledData:
                 f"its genes look like {_examples(self.genes, 3)}"
             )
         columns = np.fromiter((position[g] for g in genes), dtype=np.int64, count=len(genes))
-        return replace(self, X=self.X[:, columns].tocsr(), genes=genes)
+        identifiers = {name: [names[c] for c in columns] for name, names in self.gene_identifiers.items()}
+        return replace(self, X=self.X[:, columns].tocsr(), genes=genes, gene_identifiers=identifiers)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -268,6 +275,8 @@ class DataReport:
                 f"  {f['path']} [{f['matrix']}{', read in row chunks' if f.get('backed') else ''}]: "
                 f"{f['n_cells']:,} cells, {f['n_genes']:,} genes ({dropped:,} not shared by every file, dropped)"
             )
+        if len(self.files) > 1:
+            out.append(f"gene intersection: {self.n_genes:,} genes shared by all {len(self.files)} files")
         out.append(f"batches ({len(self.batch_counts)}): " + _counts(self.batch_counts))
         out.append(f"classes ({len(self.class_counts)}): " + _counts(self.class_counts))
         for c, b in self.confounded.items():
@@ -362,6 +371,7 @@ def load_labeled(
         cell_ids=cell_ids,
         input_kind=input_kind,
         sources=[s.name for s in sources],
+        gene_identifiers=shared_identifiers([(s.genes, s.identifier_columns) for s in sources], genes),
     )
     if len(data.batch_names) == 1:
         warnings.append(
@@ -387,6 +397,7 @@ class _Source:
         matrix_key: str,
         element: h5py.Group | h5py.Dataset,
         genes: list[str],
+        identifier_columns: dict[str, list[str]],
         labels: np.ndarray,
         batches: np.ndarray,
         cell_ids: np.ndarray,
@@ -396,11 +407,12 @@ class _Source:
         self.matrix_key = matrix_key
         self.element = element
         self.genes = genes
+        self.identifier_columns = identifier_columns
         self.labels = labels
         self.batches = batches
         self.cell_ids = cell_ids
         self.encoding = _encoding(element)
-        self.sparse = sparse_dataset(element) if self.encoding != "array" else None
+        self.rows = H5adRows(element.file, None if matrix_key == "X" else matrix_key.removeprefix("layers/"), allow_csc=True)
         self.backed = False
         self.input_kind = ""
         self.values_per_row = 0.0
@@ -419,7 +431,8 @@ class _Source:
         """Read the annotations of ``handle`` and locate its matrix; raise :class:`InputError` if unusable."""
         try:
             obs = read_elem(handle["obs"])
-            var_names = [str(g) for g in read_elem(handle["var"]).index]
+            var = read_elem(handle["var"])
+            var_names = [str(g) for g in var.index]
         except Exception as exc:  # anndata's readers raise several types for a malformed file
             raise InputError(
                 f"{path} is not a readable .h5ad file (cannot read its obs/var tables: {type(exc).__name__}: {exc})"
@@ -455,6 +468,7 @@ class _Source:
             matrix_key=matrix_key,
             element=element,
             genes=var_names,
+            identifier_columns=identifier_columns(var.items(), var_names),
             labels=labels,
             batches=batches,
             cell_ids=obs.index.astype(str).to_numpy(dtype=str),
@@ -477,13 +491,10 @@ class _Source:
             return 12 * self.n_rows * len(self.genes)
         return 8 * int(self.element["data"].shape[0]) + 8 * (self.n_rows + 1)
 
-    def read_rows(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``[start, stop)`` over all of the file's genes as a float32 CSR matrix."""
-        if self.sparse is None:
-            block = sp.csr_matrix(np.asarray(self.element[start:stop]))
-        else:
-            block = sp.csr_matrix(self.sparse[start:stop])
-        return block if block.dtype == np.float32 else block.astype(np.float32)
+    def read_rows(self, start: int, stop: int, columns: np.ndarray | None = None) -> sp.csr_matrix:
+        """Rows ``[start, stop)`` as a float32 CSR matrix (structurally checked by :class:`model.h5ad.H5adRows`),
+        over all of the file's genes or the file columns ``columns``, in that order."""
+        return self.rows.read_csr(start, stop, columns)
 
     def detect_kind(self) -> str:
         """Detect counts vs log-normalized on up to :data:`DETECTION_SAMPLE_ROWS` rows of the file."""
@@ -513,9 +524,7 @@ class _Source:
             step = self.n_rows
         for start in range(0, self.n_rows, step):
             stop = min(start + step, self.n_rows)
-            block = self.read_rows(start, stop)
-            if not identity:
-                block = block[:, columns].tocsr()
+            block = self.read_rows(start, stop, None if identity else columns)
             self._check(block, start, input_kind)
             rows.append(block)
 

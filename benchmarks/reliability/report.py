@@ -28,6 +28,18 @@ class Report:
     load: LoadResult | None = None
     load_settings: dict[str, Any] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
+    file_fuzz: Outcome | None = None
+    worker_crash: Outcome | None = None
+
+    @property
+    def issue13(self) -> list[Outcome]:
+        """The malformed-file fuzzing and killed-worker outcomes that ran (issue 13)."""
+        return [o for o in (self.file_fuzz, self.worker_crash) if o is not None]
+
+    @property
+    def all_outcomes(self) -> list[Outcome]:
+        """Every pass/fail scenario: faults and hostile input, then :attr:`issue13`."""
+        return [*self.outcomes, *self.issue13]
 
 
 def environment() -> dict[str, str]:
@@ -76,14 +88,15 @@ def render(report: Report, command: str) -> str:
         lines.append(
             f"| load ({load.clients} clients, {load.seconds:.0f} s) | {verdict} | {load.requests} requests, {load.errors} errors, p50 {load.p50_ms} ms, p99 {load.p99_ms} ms |"
         )
-    for outcome in report.outcomes:
+    for outcome in report.all_outcomes:
         lines.append(
             f"| {outcome.name} | {'passed' if outcome.passed else 'FAILED'} | {_cell(outcome.detail.splitlines()[0][:300])} |"
         )
-    passed = sum(o.passed for o in report.outcomes)
+    passed = sum(o.passed for o in report.all_outcomes)
+    what = "Fault, hostile-input, malformed-file and worker-crash" if report.issue13 else "Fault and hostile-input"
     lines += [
         "",
-        f"Fault and hostile-input scenarios: {passed} passed, {len(report.outcomes) - passed} failed.",
+        f"{what} scenarios: {passed} passed, {len(report.all_outcomes) - passed} failed.",
         "",
     ]
     lines += ["## Fuzzing the API from its OpenAPI schema", ""]
@@ -125,17 +138,9 @@ def render(report: Report, command: str) -> str:
         ]
     lines += ["", "## Faults and hostile input", ""]
     for outcome in report.outcomes:
-        lines += [f"### {outcome.name}: {'passed' if outcome.passed else 'FAILED'}", "", outcome.detail, ""]
-        shown = {k: v for k, v in outcome.numbers.items() if k != "cases"}
-        if shown:
-            lines += ["| measurement | value |", "| --- | --- |"]
-            lines += [f"| {k} | {_cell(v)} |" for k, v in shown.items()]
-            lines.append("")
-        for case in outcome.numbers.get("cases", []):
-            lines.append(f"- `{case['path']}` ({'Content-Length' if case['declared_length'] else 'chunked'}): "
-                         f"{case['status']} after {case['mb_sent']} MB sent, {case['seconds']} s")  # fmt: skip
-        if outcome.numbers.get("cases"):
-            lines.append("")
+        lines += _outcome_lines(outcome)
+    if report.issue13:
+        lines += issue13_section(report)
     lines += ["## Findings", ""]
     lines += [f"- {finding}" for finding in findings(report)] or ["- none"]
     lines += ["", "## What runs in CI", "", "| file | what it checks |", "| --- | --- |"]
@@ -145,14 +150,91 @@ def render(report: Report, command: str) -> str:
         "## How to reproduce",
         "",
         "```",
-        "python -m benchmarks.reliability            # long versions (about 15 minutes on 2 cores)",
+        "python -m benchmarks.reliability            # long versions (about 17 minutes on 2 cores)",
         "python -m benchmarks.reliability --quick    # short versions",
         "python -m benchmarks.reliability --write    # also rewrite this page",
+        "python -m benchmarks.reliability --fuzz-examples 300   # fewer generated files (default 3000, --quick 150)",
         "python -m pytest tests/reliability -q       # the fast suite that CI runs",
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def _outcome_lines(outcome: Outcome) -> list[str]:
+    """One scenario's subsection: heading with the verdict, detail, measurements (and HTTP cases)."""
+    lines = [f"### {outcome.name}: {'passed' if outcome.passed else 'FAILED'}", "", outcome.detail, ""]
+    cases = outcome.numbers.get("cases")
+    shown = {k: v for k, v in outcome.numbers.items() if not (k == "cases" and isinstance(v, list))}
+    if shown:
+        lines += ["| measurement | value |", "| --- | --- |"]
+        lines += [f"| {k} | {_cell(v)} |" for k, v in shown.items()]
+        lines.append("")
+    if isinstance(cases, list) and cases:
+        for case in cases:
+            lines.append(f"- `{case['path']}` ({'Content-Length' if case['declared_length'] else 'chunked'}): "
+                         f"{case['status']} after {case['mb_sent']} MB sent, {case['seconds']} s")  # fmt: skip
+        lines.append("")
+    return lines
+
+
+ISSUE13_HEADING = "## Malformed files and a killed worker (issue 13)"
+"""The heading of :func:`issue13_section`."""
+
+
+def issue13_section(report: Report) -> list[str]:
+    """The malformed-file fuzzing and killed-worker section, from :attr:`Report.file_fuzz` and
+    :attr:`Report.worker_crash` (whichever ran)."""
+    from benchmarks.reliability.file_fuzz import BOMB_CELLS, FUZZ_GENES, FUZZ_MAX_EXPANDED_BYTES
+
+    fuzz, crash = report.file_fuzz, report.worker_crash
+    ran = []
+    if fuzz is not None:
+        ran.append(f"`file_fuzz` with {fuzz.numbers.get('max_examples', '?')} Hypothesis examples")
+    if crash is not None:
+        ran.append("`worker_crash`")
+    lines = [
+        ISSUE13_HEADING,
+        "",
+        f"Part of this run ({' and '.join(ran)}); each also runs alone: `python -m benchmarks.reliability.file_fuzz "
+        "--examples N`, `python -m benchmarks.reliability.worker_crash`.",
+        "",
+        "| scenario | result | what happened |",
+        "| --- | --- | --- |",
+    ]
+    for outcome in report.issue13:
+        seconds = outcome.numbers.get("seconds")
+        detail = _cell(outcome.detail.splitlines()[0]) + (f" ({seconds} s)" if seconds is not None else "")
+        lines.append(f"| {_cell(outcome.name)} | {'passed' if outcome.passed else 'FAILED'} | {detail} |")
+    lines.append("")
+    if fuzz is not None:
+        genes = fuzz.numbers.get("genes", FUZZ_GENES)
+        limit_kib = fuzz.numbers.get("max_expanded_bytes", FUZZ_MAX_EXPANDED_BYTES) // 1024
+        lines += [
+            "The file fuzzer (Hypothesis) breaks a small random matrix in one way per file: a column index past the",
+            "last gene or below 0, row pointers that go backwards or do not start at 0, `data` or `indices` shorter",
+            "than the row pointers claim, a shape that lies about cells or genes, float or fractional indices, string",
+            "or integer values, a duplicated or empty gene name, zero cells, zero genes, all-zero cells, and a gzip",
+            f"bomb ({BOMB_CELLS:,} × {genes} zeros, a few kB compressed, past the app's {limit_kib} KiB expansion limit). Oracle: no 5xx,",
+            "no traceback, no crash (a segfault ends the run), `celltype score` exits 0 or 2 with one line, bounded",
+            "RSS; structural faults and bombs refused (413 for the bomb; the CLI has no expansion limit and may score",
+            "it); valid files accepted with the same labels and confidences as the same cells sent as dense JSON;",
+            "all-zero cells `Unknown` whenever the answer carries an `unknown_reason`. Before the fix, the three files",
+            "of the issue gave a segmentation fault (index far past the last gene), a 200 computed from a corrupt",
+            "matrix (backward row pointers) and a 500 (short `data`).",
+            "",
+        ]
+    if crash is not None:
+        lines += [
+            "The killed worker: `celltype serve --workers 2` (uvicorn's supervisor checks its workers every half",
+            "second and replaces any that died); one client keeps a worker busy with large requests on one keep-alive",
+            "connection, that worker is SIGKILLed mid-request, then every later request must be answered 200, a new",
+            "worker must take the dead one's place and `/health/ready` must answer 200.",
+            "",
+        ]
+    for outcome in report.issue13:
+        lines += _outcome_lines(outcome)
+    return lines
 
 
 CI_SUITE = (
@@ -175,6 +257,14 @@ CI_SUITE = (
     (
         "tests/reliability/test_training_faults.py",
         "SIGKILL after the first checkpoint + `--resume` = identical weights; registry down: exit 3, bundle kept, register later",
+    ),
+    (
+        "tests/reliability/test_file_fuzz.py",
+        "150 generated malformed/degenerate h5ad/npz/CSR-JSON files to the app and (every 5th h5ad, and every one that must be refused) to `celltype score` in-process: no 5xx, no traceback, RSS growth < 400 MB, accepted = clean answers; the issue's three files to real `celltype score` subprocesses: exit 2, one line",
+    ),
+    (
+        "tests/reliability/test_worker_crash.py",
+        "(slow) `celltype serve --workers 2`: SIGKILL to the worker answering a 5000-cell request; every later request answered, a replacement worker appears",
     ),
     (
         "tests/reliability/test_scoring_faults.py",
@@ -212,7 +302,7 @@ def findings(report: Report) -> list[str]:
             "The OpenAPI schema does not document the 401 of protected routes other than the prediction "
             f"routes ({len(report.undocumented)} seen above); clients generated from the schema will not expect it."
         )
-    for outcome in report.outcomes:
+    for outcome in report.all_outcomes:
         seconds = outcome.numbers.get("seconds_publishing_before_exit")
         if seconds is not None and seconds > 30:
             found.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from benchmarks.reliability.file_fuzz import LONG_EXAMPLES, QUICK_EXAMPLES, file_fuzz_outcome
 from benchmarks.reliability.fuzz import fuzz_app, fuzz_live, undocumented_statuses
 from benchmarks.reliability.harness import free_port, scoped_env, start_service
 from benchmarks.reliability.hostile_http import (
@@ -26,10 +27,40 @@ from benchmarks.reliability.scoring_faults import kill_scoring_and_resume
 from benchmarks.reliability.service_faults import graceful_shutdown
 from benchmarks.reliability.stores import PostgresDatabase, postgres_connection
 from benchmarks.reliability.training_faults import kill_training_and_resume, training_with_registry_outage
+from benchmarks.reliability.worker_crash import kill_worker_mid_request
 
 
-def run_all(workdir: Path, *, quick: bool) -> Report:
-    """Run every scenario (short versions with ``quick``)."""
+def fuzz_examples_for(quick: bool, fuzz_examples: int | None = None) -> int:
+    """Files the malformed-file fuzzer generates: ``fuzz_examples`` if given, else the long or short default."""
+    if fuzz_examples is not None:
+        return fuzz_examples
+    return QUICK_EXAMPLES if quick else LONG_EXAMPLES
+
+
+def run_files_and_workers(
+    report: Report, workdir: Path, bundle: Path, n_genes: int, *, quick: bool, fuzz_examples: int | None = None
+) -> None:
+    """Issue 13's scenarios into ``report``: malformed files to the app and ``celltype score``
+    (:func:`~benchmarks.reliability.file_fuzz.file_fuzz_outcome`), then a worker SIGKILLed mid-request under
+    ``celltype serve --workers 2`` (:func:`~benchmarks.reliability.worker_crash.kill_worker_mid_request`)
+    serving ``bundle`` (over ``n_genes`` genes)."""
+    examples = fuzz_examples_for(quick, fuzz_examples)
+    print(f"malformed files: {examples} generated files ...", flush=True)
+    fuzz_dir = workdir / "file-fuzz"
+    fuzz_dir.mkdir(parents=True, exist_ok=True)
+    report.file_fuzz = file_fuzz_outcome(fuzz_dir, max_examples=examples)
+    print("a worker killed mid-request ...", flush=True)
+    crash_dir = workdir / "worker-crash"
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    report.worker_crash = kill_worker_mid_request(
+        bundle, crash_dir, n_genes=n_genes, heavy_cells=5000, probes=20 if quick else 40
+    )
+
+
+def run_all(workdir: Path, *, quick: bool, fuzz_examples: int | None = None) -> Report:
+    """Run every scenario (short versions with ``quick``; ``fuzz_examples`` generated malformed files,
+    default :data:`~benchmarks.reliability.file_fuzz.LONG_EXAMPLES`, or
+    :data:`~benchmarks.reliability.file_fuzz.QUICK_EXAMPLES` with ``quick``)."""
     report = Report(quick=quick, environment=environment())
     n_genes = 2000
     key = secrets.token_urlsafe(24)
@@ -120,5 +151,6 @@ def run_all(workdir: Path, *, quick: bool) -> Report:
                 )
             finally:
                 database.drop()
+    run_files_and_workers(report, workdir, bundle, n_genes, quick=quick, fuzz_examples=fuzz_examples)
     return report
 

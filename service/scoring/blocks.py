@@ -15,10 +15,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from model.errors import InputKindError
+from model.h5ad import H5adRows, RowBlock
+from model.novelty import UNKNOWN_REASONS
 from model.predict import Predictor
 from model.preprocessing import CellValuesError, check_rows
 from service.scoring.tasks import ChunkTask
-from service.scoring_io import ChunkResult, H5adRows, ResultColumns, RowBlock
+from service.scoring_io import ChunkResult, ResultColumns
 
 BLOCK_ROWS = 1024
 """Cells read and scored at once within a chunk. Bounds memory (8 MB of model input for 2,000 genes); larger
@@ -48,7 +50,12 @@ class GeneSelector:
         self._model_column[self._source] = self._found
 
     def select(self, block: RowBlock) -> sp.csr_matrix | np.ndarray:
-        """The block's float32 values over the model's genes (CSR for CSR input, else dense)."""
+        """The block's float32 values over the model's genes (CSR for CSR input, else dense).
+
+        Indexes by the block's column indices and row pointers, and hands them to scipy's compiled kernels:
+        it runs only on blocks from :meth:`model.h5ad.H5adRows.read`, whose structure
+        :func:`model.sparse.check_csr_structure` has guaranteed.
+        """
         if block.is_sparse:
             data, indices, indptr = block.values, block.indices, block.indptr
             if data.dtype != np.float32:
@@ -113,6 +120,10 @@ def predict_block(
     codes = np.fromiter(
         (code_of[label] for label in annotation.labels[:n_cells]), dtype=np.int32, count=n_cells
     )
+    reason_of = {reason: code for code, reason in enumerate(UNKNOWN_REASONS)}
+    reason_codes = np.fromiter(
+        (reason_of[reason] for reason in annotation.unknown_reason[:n_cells]), dtype=np.int8, count=n_cells
+    )
     n_top = columns.n_top
     if n_top:
         top_index = np.argsort(-probabilities, axis=1, kind="stable")[:, :n_top].astype(np.int32)
@@ -123,6 +134,7 @@ def predict_block(
     return ChunkResult(
         label_codes=codes,
         confidence=annotation.confidence[:n_cells].astype(np.float32),
+        reason_codes=reason_codes,
         top_index=top_index,
         top_prob=top_prob,
         probabilities=probabilities if columns.per_class else np.zeros((n_cells, 0), dtype=np.float32),

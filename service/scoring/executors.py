@@ -15,12 +15,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from model.bundle import ModelBundle
+from model.h5ad import H5adRows
 from model.predict import Predictor
 from model.threads import torch_threads, usable_cores
 from service.scoring.blocks import forward_rows, score_chunk
 from service.scoring.inputs import PreparedInput
 from service.scoring.tasks import ChunkTask
-from service.scoring_io import ChunkResult, H5adRows, ResultColumns, ScoringError
+from service.scoring_io import ChunkResult, ResultColumns, ScoringError
 
 SCHEDULER_TIMEOUT_S = 10.0
 """Seconds to wait for a Dask scheduler given with ``--scheduler`` before calling it unreachable."""
@@ -48,6 +49,22 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, HEAP_RETAIN_BYTES)
 
 
+@contextmanager
+def blas_threads(count: int) -> Iterator[None]:
+    """Run the block with the BLAS library numpy uses (OpenBLAS) limited to ``count`` threads, then restore it.
+
+    The novelty detector projects each block with numpy (float64). Left at its default, OpenBLAS starts a
+    thread per core for every block's product while the blocks already run one per core: its threads
+    then wait on each other and spin, and about a quarter of a run's CPU time went to them. Dask workers
+    run with one BLAS thread already (``distributed`` sets ``OPENBLAS_NUM_THREADS=1``), so a local run
+    now computes the same numbers as a Dask run.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=count, user_api="blas"):
+        yield
+
+
 def score_locally(
     predictor: Predictor,
     inputs: list[PreparedInput],
@@ -58,7 +75,7 @@ def score_locally(
     """Score ``tasks`` in this process, one block per usable core at a time; hand each result to ``on_result``."""
     keep_freed_memory()
     threads = min(MAX_THREADS, usable_cores())
-    with torch_threads(1 if threads > 1 else 0):
+    with torch_threads(1 if threads > 1 else 0), blas_threads(1):
         for task in tasks:
             on_result(task, score_chunk(predictor, inputs[task.input_index].reader, task, columns, threads))
 
