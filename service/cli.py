@@ -8,7 +8,6 @@ then fails. SIGTERM or Ctrl-C stop accepting connections and let requests in fli
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import tempfile
@@ -18,8 +17,6 @@ from pydantic import ValidationError
 
 from model.errors import InputError
 from service.settings import ENV_PREFIX, Settings
-
-logger = logging.getLogger(__name__)
 
 GRACE_PERIOD_S = 5.0
 """Extra seconds, beyond the request timeout, that shutdown waits for requests in flight."""
@@ -80,8 +77,9 @@ def serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configure_logging(settings.log_level)
     torch.set_num_threads(settings.torch_threads)
-    served = ModelStore(settings.model_uri, default_loader(settings)).load()
-    logger.info("model loaded", extra={"model": served.summary, "workers": settings.workers})
+    # Loaded here so that a bad model fails the command at once; "model installed" is logged once, when
+    # the app installs it (in each worker process when there are several).
+    predictor = ModelStore(settings.model_uri, default_loader(settings)).fetch()
     common = {
         "host": settings.host,
         "port": settings.port,
@@ -91,10 +89,10 @@ def serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": settings.request_timeout_s + GRACE_PERIOD_S,
     }
     if settings.workers == 1:
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, predictor=served.predictor), **common))
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, predictor=predictor), **common))
         server.run()
         return 0 if server.started else 1
-    del served
+    del predictor
     metrics_dir = tempfile.mkdtemp(prefix="celltype-metrics-")
     os.environ.update(settings.environment())
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.novelty import UNKNOWN_REASONS
+
 
 class CsrCells(BaseModel):
     """Cells as a CSR sparse matrix over ``genes``: row ``i`` holds ``data[indptr[i]:indptr[i+1]]``
@@ -52,8 +54,14 @@ class Prediction(BaseModel):
     """The prediction for one cell."""
 
     cell_id: str | None = Field(None, description="Present when the request named its cells.")
-    label: str = Field(description="Predicted cell type, or 'Unknown' below the confidence threshold.")
+    label: str = Field(description="Predicted cell type, or 'Unknown' (see unknown_reason).")
     confidence: float = Field(description="Calibrated probability of the most likely cell type.")
+    unknown_reason: Literal[UNKNOWN_REASONS] = Field(  # type: ignore[valid-type]
+        description="Why the label is 'Unknown' ('' when it is not), the first that applies: 'no_counts' (no counts "
+        "over the model's genes), 'too_few_genes' (fewer detected model genes than the model's minimum), "
+        "'unlike_training' (unlike every cell type the model was trained on), 'low_confidence' (top "
+        "probability below the threshold)."
+    )
     probabilities: dict[str, float] | None = Field(None, description="With return_probabilities.")
     top_k: list[RankedLabel] | None = Field(None, description="With top_k.")
 
@@ -61,6 +69,10 @@ class Prediction(BaseModel):
 class GeneOverlap(BaseModel):
     """How the request's genes matched the model's."""
 
+    identifier: str = Field(
+        description="The model's identifier set the genes matched: 'var_names' or a var column of its "
+        "training data (e.g. 'gene_ids')."
+    )
     n_model_genes: int
     n_input_genes: int
     n_matched: int
@@ -119,6 +131,10 @@ class ModelDescription(ModelSummary):
     expected_input: ExpectedInput
     unknown_label: str
     unknown_threshold: float
+    novelty: dict[str, Any] | None = Field(
+        None, description="The novelty check (method, threshold, quantile); null for models without one."
+    )
+    min_detected_genes: int = Field(1, description="Cells detecting fewer of the model's genes are 'Unknown'.")
     temperature: float
     norm: str
     holdout_scores: dict[str, Any] | None = None

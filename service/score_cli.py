@@ -10,6 +10,10 @@ Output columns (``obs`` of an ``.h5ad`` output, or table columns after ``cell_id
 ``predicted_cell_type`` (``Unknown`` below the model's confidence threshold), ``confidence``, then the
 top-k most likely types as ``top1_label, top1_prob, ...``, or, when ``--top-k`` is at least the number of
 classes, one ``probability:<class>`` column per class.
+
+Provenance (model URI, name, version, bundle digest, threshold, celltype version, time, gene overlap)
+goes into ``uns['celltype']`` of an ``.h5ad`` output, the ``celltype`` schema-metadata key of a parquet
+output, and ``OUT.csv.json`` beside a CSV output.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
             "(or one probability:<class> column per class when K >= the number of classes). A .h5ad output is a "
             "copy of the (single) input with these columns added to obs; a .csv/.parquet output has one row "
             "per cell keyed by cell_id and source_file. The output appears atomically when the run ends; an "
-            "interrupted run keeps its finished chunks in .OUT.partial/ beside it for --resume."
+            "interrupted run keeps its finished chunks in .OUT.partial/ beside it for --resume. Provenance "
+            "(model, version, digest, threshold, gene overlap) goes into uns['celltype'] of a .h5ad, the "
+            "parquet schema metadata, or OUT.csv.json beside a CSV."
         ),
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT.h5ad", help="files to score")
@@ -93,13 +99,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="raw counts, log-normalized (log1p CP10k) values, or detect from the first cells (default)",
     )
     parser.add_argument("--layer", metavar="NAME", help="score layers[NAME] instead of X")
+    parser.add_argument(
+        "--gene-column",
+        metavar="NAME",
+        help="take gene names from var[NAME] instead of var_names (e.g. gene_ids); either may use any "
+        "identifier the model was trained with (symbols, Ensembl IDs, ...)",
+    )
     parser.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for models:/ URIs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument(
         "--adapt", action="store_true",
         help="opt-in: first re-estimate the model's normalization statistics on the input cells (AdaBN; "
         "the adapted bundle is kept beside OUT), then score with it. Default: the model as registered, "
-        "each cell scored independently of the others",
+        "each cell scored independently of the others. Adaptation made models worse on real held-out labs "
+        "on average (AdaBN: -1.4 pp macro-F1); every --adapt run prints the measured figures to stderr",
     )
     parser.set_defaults(handler=run_score_command)
 
@@ -120,6 +133,7 @@ def run_score_command(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             input_kind=args.input_kind,
             layer=args.layer,
+            gene_column=args.gene_column,
             tracking_uri=args.tracking_uri,
             progress=not args.no_progress,
         )
@@ -133,30 +147,40 @@ ADAPT_MAX_CELLS = 100_000
 
 
 def adapted_model(args: argparse.Namespace) -> str:
-    """``--adapt``: adapt the model on the inputs' cells; returns the adapted bundle's directory (beside OUT)."""
-    import anndata
+    """``--adapt``: adapt the model on the inputs' cells; returns the adapted bundle's directory (beside OUT).
+
+    Prints :data:`model.adapt.ADAPTATION_WARNING` (the measured effect of AdaBN) to stderr first. The inputs
+    are read by the project's one ``.h5ad`` reader (:func:`model.adapt.read_target_cells`), so a
+    structurally broken file is refused with a one-line message before any kernel touches it.
+    """
+    import sys
+
     import numpy as np
 
-    from model.adapt import adapt_bundle
+    from model.adapt import adapt_bundle, adaptation_warning, read_target_cells
     from model.bundle import save_bundle
     from model.errors import InputError
     from model.predict import Predictor
     from model.preprocessing import detect_input_kind
 
+    print(adaptation_warning("score --adapt"), file=sys.stderr)
     predictor = Predictor.load(args.model, tracking_uri=args.tracking_uri, device="cpu")
     parts = []
     for path in args.inputs:
+        X, genes = read_target_cells(  # its messages name the file
+            path,
+            layer=args.layer,
+            gene_column=getattr(args, "gene_column", None),
+            max_cells=ADAPT_MAX_CELLS,
+            seed=0,
+            allow_csc=False,
+            layer_hint="(leave out --layer to score X)",
+        )
         try:
-            adata = anndata.read_h5ad(path, backed="r")
-        except Exception as exc:  # anndata raises many kinds for a broken file
-            raise InputError(f"cannot read {path} as .h5ad: {exc}") from None
-        rows = np.arange(adata.n_obs)
-        if adata.n_obs > ADAPT_MAX_CELLS:
-            rows = np.sort(np.random.default_rng(0).choice(adata.n_obs, ADAPT_MAX_CELLS, replace=False))
-        X = (adata.layers[args.layer] if args.layer else adata.X)[rows]
-        kind = detect_input_kind(X) if args.input_kind == "auto" else args.input_kind
-        parts.append(predictor.transform(X, [str(g) for g in adata.var_names], input_kind=kind))
-        adata.file.close()
+            kind = detect_input_kind(X) if args.input_kind == "auto" else args.input_kind
+            parts.append(predictor.transform(X, genes, input_kind=kind))
+        except InputError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
     inputs = np.concatenate(parts)
     parent = {k: predictor.source.get(k) for k in ("uri", "name", "version", "alias", "run_id")}
     target = ",".join(str(p) for p in args.inputs)

@@ -105,7 +105,9 @@ def check_reachable(tracking_uri: str, *, create: bool = False) -> None:
     if database is not None and not create and not database.is_file():
         raise RegistryUnavailableError(
             f"no MLflow database at {database} (tracking URI {tracking_uri}); nothing has been registered "
-            "there yet: pass the tracking URI you trained with (--tracking-uri or MLFLOW_TRACKING_URI)"
+            "there yet. The default is ./mlflow.db in the current folder: point at the database you trained "
+            "with, e.g. export MLFLOW_TRACKING_URI=sqlite:////absolute/path/to/mlflow.db (the line `make demo` "
+            "prints), or pass --tracking-uri"
         )
 
 

@@ -45,6 +45,8 @@ def describe(served: ServedModel, settings: Settings) -> dict[str, Any]:
         },
         "unknown_label": UNKNOWN_LABEL,
         "unknown_threshold": description["unknown_threshold"],
+        "novelty": description["novelty"],
+        "min_detected_genes": description["min_detected_genes"],
         "temperature": description["temperature"],
         "norm": description["norm"],
         "holdout_scores": metadata.get("holdout_scores"),

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from model.bundle import UNKNOWN_LABEL
 from model.errors import InputError
 from model.predict import Predictor
+from model.provenance import provenance_record
 from service.scoring.blocks import forward_rows
 from service.scoring.executors import dask_client, score_locally, score_on_dask
 from service.scoring.inputs import prepare_input
@@ -46,6 +47,7 @@ class ScoringJob:
         top_k: result columns (see :class:`ResultColumns`).
         input_kind: ``auto``, ``counts`` or ``lognorm``.
         layer: score ``layers[layer]`` instead of ``X``.
+        gene_column: name genes by this ``var`` column instead of ``var_names``.
         tracking_uri: MLflow tracking URI for registry model URIs.
         progress: show a progress bar on stderr.
     """
@@ -61,6 +63,7 @@ class ScoringJob:
     top_k: int = DEFAULT_TOP_K
     input_kind: str = "auto"
     layer: str | None = None
+    gene_column: str | None = None
     tracking_uri: str | None = None
     progress: bool = True
 
@@ -79,7 +82,10 @@ class ScoringSummary:
         n_cells: cells in the output.
         n_scored: cells scored by this run (fewer than ``n_cells`` after ``--resume``).
         label_counts: cells per predicted label, most frequent first.
-        seconds: wall time of this run.
+        provenance: the record written with the output (:mod:`model.provenance`).
+        reason_counts: cells per ``unknown_reason`` (every reason, ``""`` left out).
+        seconds: wall time of this run (loading the model and writing the output included).
+        scoring_seconds: the part of it spent scoring (what the progress bar measures).
         inputs: per input: path, cells, input kind, whether detected, gene overlap.
     """
 
@@ -87,8 +93,11 @@ class ScoringSummary:
     n_cells: int
     n_scored: int
     label_counts: dict[str, int]
+    reason_counts: dict[str, int]
     seconds: float
     inputs: list[dict[str, Any]]
+    provenance: dict[str, Any]
+    scoring_seconds: float
 
     @property
     def unknown_share(self) -> float:
@@ -97,14 +106,15 @@ class ScoringSummary:
 
     @property
     def cells_per_second(self) -> float:
-        """Cells scored by this run per second of its wall time."""
-        return self.n_scored / self.seconds if self.seconds > 0 else 0.0
+        """Cells scored by this run per second of scoring (the progress bar's final rate)."""
+        return self.n_scored / self.scoring_seconds if self.scoring_seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
         """A human-readable report."""
         resumed = self.n_cells - self.n_scored
         lines = [
-            f"scored {self.n_scored:,} cells in {self.seconds:.1f} s ({self.cells_per_second:,.0f} cells/s)"
+            f"scored {self.n_scored:,} cells in {self.scoring_seconds:.1f} s ({self.cells_per_second:,.0f} cells/s; "
+            f"{self.seconds:.1f} s in all, with loading the model and writing the output)"
             + (f"; {resumed:,} more were done by the interrupted run" if resumed else ""),
             f"wrote {self.n_cells:,} cells to {self.output}",
         ]
@@ -112,9 +122,12 @@ class ScoringSummary:
             how = "detected" if item["detected"] else "declared"
             lines.append(
                 f"  {item['path']}: {item['n_cells']:,} cells, {item['input_kind']} ({how}), "
-                f"{item['genes_matched']}/{item['model_genes']} model genes found"
+                f"{item['genes_matched']}/{item['model_genes']} model genes found (by {item['identifier']})"
             )
         lines.append(f"unknown share: {self.unknown_share:.2%}")
+        lines.append(
+            "unknown reasons: " + ", ".join(f"{reason} {count:,}" for reason, count in self.reason_counts.items())
+        )
         lines.append("labels:")
         for label, count in self.label_counts.items():
             share = count / self.n_cells if self.n_cells else 0.0
@@ -168,7 +181,7 @@ def run_scoring(job: ScoringJob) -> ScoringSummary:
     with ExitStack() as stack:
         inputs = []
         for path in job.inputs:
-            item = prepare_input(Path(path), predictor, job.input_kind, job.layer)
+            item = prepare_input(Path(path), predictor, job.input_kind, job.layer, job.gene_column)
             stack.callback(item.reader.close)
             inputs.append(item)
         tasks = chunk_tasks(inputs, job.chunk_size, job.layer, job.top_k)
@@ -179,6 +192,8 @@ def run_scoring(job: ScoringJob) -> ScoringSummary:
             "top_k": job.top_k,
             "input_kind": job.input_kind,
             "layer": job.layer,
+            "gene_column": job.gene_column,
+            "result_fields": list(ChunkResult.FIELDS),  # chunks saved by an older celltype cannot be resumed
         }
         client = stack.enter_context(dask_client(job.scheduler, job.workers)) if job.dask else None
         workdir = WorkDirectory(job.out)
@@ -187,16 +202,24 @@ def run_scoring(job: ScoringJob) -> ScoringSummary:
         pending = [task for task in tasks if (task.input_index, task.chunk_index) not in finished]
         total = sum(task.n_cells for task in tasks)
         n_scored = sum(task.n_cells for task in pending)
+        overlaps = {str(item.path): item.alignment.report() for item in inputs}
+        provenance = provenance_record(
+            predictor.bundle,
+            predictor.source,
+            threshold=predictor.threshold,
+            gene_overlap=next(iter(overlaps.values())) if suffix == ".h5ad" else overlaps,
+        )
         try:
             with tqdm(
                 total=total,
                 initial=total - n_scored,
                 unit=" cells",
-                unit_scale=True,
+                smoothing=0,  # the rate over the whole bar, as the summary line reports it
                 disable=not job.progress,
                 desc="scoring",
                 dynamic_ncols=True,
             ) as bar:
+                scoring_started = time.perf_counter()  # the bar's clock starts as it is made
 
                 def on_result(task: ChunkTask, result: ChunkResult) -> None:
                     result.save(workdir.chunk_file(task))
@@ -206,7 +229,10 @@ def run_scoring(job: ScoringJob) -> ScoringSummary:
                     score_on_dask(client, predictor.bundle, pending, str(job.device), on_result)
                 else:
                     score_locally(predictor, inputs, pending, columns, on_result)
-            label_counts = write_output(job.out, suffix, inputs, tasks, workdir, columns)
+                scoring_seconds = time.perf_counter() - scoring_started
+            label_counts, reason_counts = write_output(
+                job.out, suffix, inputs, tasks, workdir, columns, provenance
+            )
         except InputError:
             workdir.remove()  # the input has to change, so these partial results can never be resumed
             raise
@@ -219,7 +245,10 @@ def run_scoring(job: ScoringJob) -> ScoringSummary:
         n_cells=total,
         n_scored=n_scored,
         label_counts=label_counts,
+        reason_counts=reason_counts,
         seconds=time.perf_counter() - started,
+        scoring_seconds=scoring_seconds,
+        provenance=provenance,
         inputs=[
             {
                 "path": str(item.path),
@@ -228,6 +257,7 @@ def run_scoring(job: ScoringJob) -> ScoringSummary:
                 "detected": item.detected,
                 "genes_matched": item.alignment.n_matched,
                 "model_genes": item.alignment.n_model_genes,
+                "identifier": item.alignment.identifier,
             }
             for item in inputs
         ],

@@ -23,6 +23,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from model.bundle import MANIFEST_FILE, WEIGHTS_FILE, file_sha256, load_bundle
 from model.errors import BundleError, InputError
+from model.outputs import UNKNOWN_REASON_COLUMN
 from model.predict import Predictor
 from model.pyfunc import LABEL_COLUMN, log_pyfunc, predictions_frame, probability_column
 from model.registry import (
@@ -330,10 +331,11 @@ def test_pyfunc_is_code_only_and_predicts_like_the_predictor(mlflow_sqlite_store
     output = pyfunc.predict(frame)
 
     expected = predictor.annotate(counts)
-    assert list(output.columns) == [LABEL_COLUMN, "confidence"] + [
+    assert list(output.columns) == [LABEL_COLUMN, "confidence", UNKNOWN_REASON_COLUMN] + [
         probability_column(c) for c in predictor.classes
     ]
     assert list(output[LABEL_COLUMN]) == list(expected.labels)
+    assert list(output[UNKNOWN_REASON_COLUMN]) == list(expected.unknown_reason)
     np.testing.assert_allclose(
         output[[probability_column(c) for c in predictor.classes]], expected.probabilities, atol=1e-6
     )
