@@ -30,10 +30,19 @@ from typing import Any
 import numpy as np
 
 from benchmarks.docs_section import replace_section
-from model.novelty import DEFAULT_METHOD, DEFAULT_QUANTILE, METHODS, NoveltyDetector, hidden_features
+from model.novelty import (
+    DEFAULT_METHOD,
+    DEFAULT_QUANTILE,
+    HIDDEN,
+    INPUT,
+    LOGITS,
+    METHODS,
+    NoveltyDetector,
+    novelty_features,
+)
 
 DATASETS = ("cellbench", "muscat_kang", "symphony_pbmc", "scannotate_pbmc", "scclassify_pancreas")
-QUANTILES = (0.95, 0.98, 0.99, 0.995)
+QUANTILES = (0.95, 0.98, 0.99, 0.995, 0.999)
 KNOWN_UNKNOWN_GOAL = 0.05
 REMOVED_UNKNOWN_GOAL = 0.80
 SECTION = ("<!-- novelty:start -->", "<!-- novelty:end -->")
@@ -50,8 +59,9 @@ class FoldOutputs:
         classes: the model's classes.
         temperature: the fitted softmax temperature.
         unknown_threshold: the bundle's probability threshold.
-        hidden, logits: per part (``"train"``, ``"validation"``, ``"holdout"``), the
-            :func:`model.novelty.hidden_features` and the logits (eval mode).
+        inputs, hidden, logits: per part (``"train"``, ``"validation"``, ``"holdout"``), the
+            standardized model input, :func:`model.novelty.hidden_features` and the logits (eval
+            mode; :func:`model.novelty.novelty_features`).
         labels: per part, the true cell type of each cell.
         batches: the held-out cells' batch.
     """
@@ -59,6 +69,7 @@ class FoldOutputs:
     classes: list[str]
     temperature: float
     unknown_threshold: float
+    inputs: dict[str, np.ndarray]
     hidden: dict[str, np.ndarray]
     logits: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
@@ -71,7 +82,7 @@ class FoldOutputs:
 
 
 def model_outputs(run: Any, data: Any) -> FoldOutputs:
-    """Hidden features and logits of a :class:`training.trainer.TrainingRun`'s cells, from its bundle."""
+    """Model input, hidden features and logits of a :class:`training.trainer.TrainingRun`'s cells, from its bundle."""
     import torch
 
     bundle = run.bundle
@@ -79,16 +90,18 @@ def model_outputs(run: Any, data: Any) -> FoldOutputs:
     model_data = data.select_genes(bundle.genes)
     labels = np.asarray(data.labels).astype(str)
     parts = {"train": run.split.train, "validation": run.split.validation, "holdout": run.split.holdout}
-    hidden, logits = {}, {}
+    standardized, hidden, logits = {}, {}, {}
     with torch.no_grad():
         for part, rows in parts.items():
-            inputs = torch.from_numpy(model_data.model_input(rows))
-            hidden[part] = hidden_features(model, inputs).numpy().astype(np.float64)
-            logits[part] = model(inputs).numpy().astype(np.float64)
+            features = novelty_features(model, torch.from_numpy(model_data.model_input(rows)))
+            standardized[part] = features[INPUT].numpy().astype(np.float64)
+            hidden[part] = features[HIDDEN].numpy().astype(np.float64)
+            logits[part] = features[LOGITS].numpy().astype(np.float64)
     return FoldOutputs(
         classes=list(bundle.classes),
         temperature=float(bundle.temperature),
         unknown_threshold=float(bundle.unknown_threshold),
+        inputs=standardized,
         hidden=hidden,
         logits=logits,
         labels={part: labels[rows] for part, rows in parts.items()},
@@ -97,16 +110,15 @@ def model_outputs(run: Any, data: Any) -> FoldOutputs:
 
 
 def fit_detector(method: str, fold: FoldOutputs) -> NoveltyDetector:
-    """``method`` fitted on the fold's training cells (hidden features or logits at the fitted temperature)."""
-    targets = fold.targets("train")
-    if method in ("energy", "max_softmax"):
-        return NoveltyDetector.fit(method, fold.logits["train"], targets, len(fold.classes), temperature=fold.temperature)
-    return NoveltyDetector.fit(method, fold.hidden["train"], targets, len(fold.classes))
+    """``method`` fitted on the fold's training cells (logit scorers at the fitted temperature)."""
+    params = {"temperature": fold.temperature} if "energy" in method or "max_softmax" in method else {}
+    return NoveltyDetector.fit(method, detector_input(None, fold, "train"), fold.targets("train"), len(fold.classes),
+                               **params)
 
 
-def detector_input(detector: NoveltyDetector, fold: FoldOutputs, part: str) -> np.ndarray:
-    """What ``detector`` scores for the cells of ``part``."""
-    return fold.logits[part] if detector.input == "logits" else fold.hidden[part]
+def detector_input(detector: NoveltyDetector | None, fold: FoldOutputs, part: str) -> dict[str, np.ndarray]:
+    """The features of the cells of ``part`` as :func:`model.novelty.novelty_features` gives them (any detector)."""
+    return {INPUT: fold.inputs[part], HIDDEN: fold.hidden[part], LOGITS: fold.logits[part]}
 
 
 def top_probability(fold: FoldOutputs, part: str) -> np.ndarray:
@@ -225,7 +237,8 @@ def summarize(folds: list[dict[str, Any]]) -> dict[str, Any]:
             "per_set": per_set,
         }
     auroc_table = {
-        m: {d: float(np.nanmean([f["auroc"][m] for f in folds if f["dataset"] == d])) for d in datasets} for m in METHODS
+        m: {d: float(np.nanmean([f["auroc"][m] for f in folds if f["dataset"] == d])) for d in datasets}
+        for m in folds[0]["auroc"]
     }
     admissible = [r for r in rules if table[r]["known_unknown"] <= KNOWN_UNKNOWN_GOAL]
     default = max(admissible, key=lambda r: table[r]["removed_unknown"]) if admissible else None

@@ -13,24 +13,31 @@ less like the training cells) from the model's own outputs for that cell alone:
   (stores a sample of the training features).
 - ``"energy"`` (Liu et al. 2020): ``-T · logsumexp(logits / T)``.
 - ``"max_softmax"`` (Hendrycks & Gimpel 2017): ``1 - max softmax(logits / T)``.
+- ``"input_pca"``: the smallest Mahalanobis distance to the class means in the top principal
+  components of the *standardized model input* (:func:`novelty_features`), under a tied, shrunk
+  covariance. It keeps what the classifier discards: a type the classifier maps into a known type's
+  region of its hidden layer may still express genes no known type does.
 
-:class:`NoveltyDetector` wraps one scorer with its threshold, chosen as a quantile of the scores of
-validation cells from the *training* labs (a held-out lab is never looked at), and stores as named
-float arrays plus JSON-ready metadata (:meth:`NoveltyDetector.to_state` / :meth:`~NoveltyDetector.from_state`),
-ready for a safetensors bundle. :func:`unknown_reasons` says why a cell is called Unknown.
+:func:`novelty_features` gives every kind of features from one forward pass as a mapping
+``{INPUT, HIDDEN, LOGITS: array}``; every detector accepts that mapping (it picks its own input),
+so callers can always pass it.
 
-Typical use at training time::
+The default (:data:`DEFAULT_METHOD` at :data:`DEFAULT_QUANTILE`) is the scorer and quantile that
+flagged the most cells of a left-out type on held-out labs within the known-type budget in
+``python -m benchmarks.novelty``. Typical use at training time (``features`` as numpy arrays)::
 
-    detector = NoveltyDetector.fit("mahalanobis", train_hidden, train_targets, n_classes)
-    detector.calibrate(validation_hidden, quantile=0.99)
+    features = novelty_features(model.eval(), train_inputs)
+    detector = NoveltyDetector.fit(DEFAULT_METHOD, features, train_targets, n_classes)
+    detector.calibrate(novelty_features(model, validation_inputs), quantile=DEFAULT_QUANTILE)
     metadata, arrays = detector.to_state()
 
-and at inference ``NoveltyDetector.from_state(metadata, arrays).is_novel(hidden)``.
+and at inference ``NoveltyDetector.from_state(metadata, arrays).is_novel(novelty_features(model, x))``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,15 +50,24 @@ HIDDEN = "hidden"
 """Scorers whose input is :func:`hidden_features` (the last hidden block before its activation)."""
 LOGITS = "logits"
 """Scorers whose input is the classifier's logits."""
+INPUT = "input"
+"""Scorers whose input is the standardized, clipped model input (``model.standardize(x)``)."""
 
 LOW_CONFIDENCE = "low_confidence"
 """Unknown because the top calibrated probability is below the bundle's ``unknown_threshold``."""
 UNLIKE_TRAINING = "unlike_training"
 """Unknown because the novelty score is above the detector's threshold."""
+NO_COUNTS = "no_counts"
+"""Unknown because the cell has no counts over the model's genes (an empty droplet, a failed library)."""
+TOO_FEW_GENES = "too_few_genes"
+"""Unknown because the cell detects fewer of the model's genes than the bundle's ``min_detected_genes``."""
+UNKNOWN_REASONS = ("", NO_COUNTS, TOO_FEW_GENES, UNLIKE_TRAINING, LOW_CONFIDENCE)
+"""Every value of a cell's ``unknown_reason``: ``""`` (a known type), then the reasons in the order they are
+checked (the first that applies is reported)."""
 
-DEFAULT_METHOD = "relative_mahalanobis"
+DEFAULT_METHOD = "input_pca"
 """Default scorer (chosen on the leave-one-type-out study, ``python -m benchmarks.novelty``)."""
-DEFAULT_QUANTILE = 0.99
+DEFAULT_QUANTILE = 0.999
 """Default quantile of the training labs' validation scores used as the threshold."""
 
 
@@ -66,6 +82,19 @@ def hidden_features(model: CellTypeClassifier, inputs: torch.Tensor) -> torch.Te
     earlier = model.blocks[:-1](model.standardize(inputs))
     linear, norm = model.blocks[-1][0], model.blocks[-1][1]
     return norm(linear(earlier))
+
+
+@torch.no_grad()
+def novelty_features(model: CellTypeClassifier, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every feature a detector may score, from one forward pass (call it in eval mode).
+
+    Returns ``{INPUT: standardized model input, HIDDEN: hidden_features, LOGITS: logits}``; pass it
+    (as numpy arrays) to :meth:`NoveltyDetector.score`, which takes what its scorer needs.
+    """
+    standardized = model.standardize(inputs)
+    earlier = model.blocks[:-1](standardized)
+    hidden = model.blocks[-1][1](model.blocks[-1][0](earlier))
+    return {INPUT: standardized, HIDDEN: hidden, LOGITS: model.head(model.blocks[-1][2:](hidden))}
 
 
 def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -111,6 +140,24 @@ def _check_features(features: np.ndarray, width: int | None = None) -> np.ndarra
     if not np.isfinite(array).all():
         raise ValueError("features contain NaN or infinite values")
     return array
+
+
+def _float64_copy(features: np.ndarray, width: int) -> np.ndarray:
+    """:func:`_check_features` as a new float64 array the caller may modify, checked before the conversion.
+
+    Finiteness is the same in float32 and float64, so it is checked on the (half as large) input, and the
+    conversion is the one copy made.
+    """
+    source = np.asarray(features)
+    if source.dtype.kind != "f":
+        return _check_features(source, width).copy()
+    if source.ndim != 2:
+        raise ValueError(f"features must be a 2-d (cells x features) array, got shape {source.shape}")
+    if source.shape[1] != width:
+        raise ValueError(f"features have {source.shape[1]} columns but the detector was fitted on {width}")
+    if not np.isfinite(source).all():
+        raise ValueError("features contain NaN or infinite values")
+    return np.array(source, dtype=np.float64)
 
 
 class Scorer(Protocol):
@@ -185,17 +232,20 @@ class MahalanobisScorer:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """``min_c (x - μ_c)ᵀ P (x - μ_c)`` over the classes seen in training (minus the background distance)."""
-        x = _check_features(features, self.precision.shape[0])
-        means = self.means[np.isfinite(self.means).all(axis=1)]
-        projected = x @ self.precision
-        self_term = np.einsum("ij,ij->i", projected, x)
-        mean_term = np.einsum("ij,jk,ik->i", means, self.precision, means)
+        # torch's matrix products (float64) follow the caller's torch thread limit; numpy's BLAS may start its
+        # own threads, which made serving 10x slower on a busy CPU
+        x = torch.from_numpy(_check_features(features, self.precision.shape[0]))
+        means = torch.from_numpy(self.means[np.isfinite(self.means).all(axis=1)])
+        precision = torch.from_numpy(self.precision)
+        projected = x @ precision
+        self_term = (projected * x).sum(dim=1)
+        mean_term = ((means @ precision) * means).sum(dim=1)
         distances = self_term[:, None] - 2.0 * projected @ means.T + mean_term[None, :]
-        nearest = np.maximum(distances.min(axis=1), 0.0)
+        nearest = distances.min(dim=1).values.clamp_min(0.0) if len(means) else torch.full_like(self_term, math.inf)
         if self.background_mean is None or self.background_precision is None:
-            return nearest
-        centered = x - self.background_mean
-        return nearest - np.einsum("ij,jk,ik->i", centered, self.background_precision, centered)
+            return nearest.numpy()
+        centered = x - torch.from_numpy(self.background_mean)
+        return (nearest - ((centered @ torch.from_numpy(self.background_precision)) * centered).sum(dim=1)).numpy()
 
     def params(self) -> dict[str, Any]:
         """JSON-ready parameters."""
@@ -295,7 +345,79 @@ class LogitScorer:
         return {}
 
 
-METHODS = ("mahalanobis", "relative_mahalanobis", "knn", "energy", "max_softmax")
+def principal_components(x: np.ndarray, n_components: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(d,)`` and top ``n_components`` principal axes ``(d, k)`` of the rows of ``x`` (exact, deterministic).
+
+    From the eigendecomposition of the ``d × d`` covariance (accumulated in row chunks), each axis
+    signed so that its largest entry is positive; ``k`` is capped at ``min(d, rows - 1)``.
+    """
+    n, d = x.shape
+    mean = x.mean(axis=0)
+    covariance = np.zeros((d, d))
+    for start in range(0, n, chunk):
+        part = x[start : start + chunk] - mean
+        covariance += part.T @ part
+    values, vectors = np.linalg.eigh(covariance / n)
+    k = max(1, min(n_components, d, n - 1))
+    axes = vectors[:, np.argsort(values)[::-1][:k]]
+    signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
+    return mean, axes * np.where(signs == 0, 1.0, signs)
+
+
+@dataclass
+class InputPcaScorer:
+    """:class:`MahalanobisScorer` in the top principal components of the standardized model input.
+
+    Attributes:
+        center: ``(n_genes,)`` mean of the training cells' standardized input.
+        components: ``(n_genes, k)`` principal axes of the training cells.
+        distance: the Mahalanobis scorer fitted on the training cells' component scores.
+    """
+
+    center: np.ndarray
+    components: np.ndarray
+    distance: MahalanobisScorer
+    method: str = "input_pca"
+    input: str = INPUT
+
+    @classmethod
+    def fit(
+        cls, features: np.ndarray, labels: np.ndarray, n_classes: int, *, n_components: int = 50
+    ) -> InputPcaScorer:
+        """Principal axes of the training cells' standardized input, then class means and tied covariance."""
+        x = _check_features(features)
+        if x.shape[0] < 3:
+            raise ValueError("need at least three cells to fit principal components")
+        center, components = principal_components(x, n_components)
+        distance = MahalanobisScorer.fit((x - center) @ components, labels, n_classes)
+        return cls(center=center, components=components, distance=distance)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance to the nearest class mean of the cell's component scores."""
+        x = _float64_copy(features, self.center.shape[0])
+        x -= self.center  # in place: the same values as ``x - center``, without a second n x d copy
+        return self.distance.score(x @ self.components)
+
+    def params(self) -> dict[str, Any]:
+        """JSON-ready parameters."""
+        return {"n_components": int(self.components.shape[1]), "shrinkage": self.distance.shrinkage}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``center``, ``components`` and the component-space ``means`` and ``precision``."""
+        return {"center": self.center, "components": self.components} | self.distance.arrays()
+
+
+def _pick(features: Any, kind: str) -> Any:
+    """The features of ``kind`` from a mapping (:func:`novelty_features`), or ``features`` itself."""
+    if isinstance(features, Mapping):
+        if kind not in features:
+            raise ValueError(f"the novelty features lack {kind!r} (have {', '.join(map(str, features))})")
+        value = features[kind]
+        return value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else value
+    return features
+
+
+METHODS = ("mahalanobis", "relative_mahalanobis", "knn", "energy", "max_softmax", "input_pca")
 """Novelty scorers by name."""
 
 
@@ -327,35 +449,35 @@ class NoveltyDetector:
 
     @classmethod
     def fit(
-        cls, method: str, features: np.ndarray, labels: np.ndarray, n_classes: int, **params: Any
+        cls, method: str, features: Any, labels: np.ndarray, n_classes: int, **params: Any
     ) -> NoveltyDetector:
-        """Fit ``method`` on the training cells' features (hidden layer or logits, per :attr:`input`).
+        """Fit ``method`` on the training cells' features.
 
         Args:
             method: one of :data:`METHODS`.
-            features: ``(n_cells, d)`` hidden features (``mahalanobis``, ``knn``) or logits (``energy``,
-                ``max_softmax``) of the training cells.
+            features: of the training cells: the mapping of :func:`novelty_features` (any method), or
+                one ``(n_cells, d)`` array of the scorer's :attr:`input`: hidden features
+                (``mahalanobis``, ``relative_mahalanobis``, ``knn``), logits (``energy``,
+                ``max_softmax``) or the standardized input (``input_pca``).
             labels: integer class index of each training cell.
             n_classes: number of classes of the model.
             params: scorer options (``k``, ``max_reference``, ``seed`` for knn; ``temperature`` for
-                the logit scorers).
+                the logit scorers; ``n_components`` for input_pca).
         """
-        if method in ("mahalanobis", "relative_mahalanobis"):
-            relative = method == "relative_mahalanobis"
-            scorer: Scorer = MahalanobisScorer.fit(features, labels, n_classes, relative=relative, **params)
-        elif method == "knn":
-            scorer = KnnScorer.fit(features, labels, n_classes, **params)
-        elif method in ("energy", "max_softmax"):
-            scorer = LogitScorer(method, **params)
-        else:
+        if method not in METHODS:
             raise ValueError(f"unknown novelty method {method!r}; choose one of {', '.join(METHODS)}")
-        return cls(scorer=scorer, info={"n_cells_fit": int(np.asarray(features).shape[0])})
+        scorer = _fit_scorer(method, features, labels, n_classes, params)
+        n_cells = len(np.asarray(labels))
+        return cls(scorer=scorer, info={"n_cells_fit": n_cells})
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Novelty score per cell; each cell's score depends on that cell's features alone."""
-        return self.scorer.score(features)
+    def score(self, features: Any) -> np.ndarray:
+        """Novelty score per cell; each cell's score depends on that cell's features alone.
 
-    def calibrate(self, validation_features: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> float:
+        ``features``: the mapping of :func:`novelty_features`, or one array of the scorer's :attr:`input`.
+        """
+        return self.scorer.score(_pick(features, self.input))
+
+    def calibrate(self, validation_features: Any, quantile: float = DEFAULT_QUANTILE) -> float:
         """Set :attr:`threshold` to the ``quantile`` of the validation cells' scores and return it.
 
         Use validation cells of the training labs only (never a held-out lab): then about
@@ -371,7 +493,7 @@ class NoveltyDetector:
         self.info["n_cells_calibration"] = int(scores.size)
         return self.threshold
 
-    def is_novel(self, features: np.ndarray) -> np.ndarray:
+    def is_novel(self, features: Any) -> np.ndarray:
         """Boolean per cell: novelty score above :attr:`threshold`."""
         return self.score(features) > self.threshold
 
@@ -398,23 +520,9 @@ class NoveltyDetector:
         method = metadata.get("method")
         params = dict(metadata.get("params") or {})
         try:
-            if method in ("mahalanobis", "relative_mahalanobis"):
-                relative = method == "relative_mahalanobis"
-                scorer: Scorer = MahalanobisScorer(
-                    means=np.asarray(arrays["means"], dtype=np.float64),
-                    precision=np.asarray(arrays["precision"], dtype=np.float64),
-                    background_mean=np.asarray(arrays["background_mean"], dtype=np.float64) if relative else None,
-                    background_precision=(
-                        np.asarray(arrays["background_precision"], dtype=np.float64) if relative else None
-                    ),
-                    **params,
-                )
-            elif method == "knn":
-                scorer = KnnScorer(reference=np.asarray(arrays["reference"], dtype=np.float64), **params)
-            elif method in ("energy", "max_softmax"):
-                scorer = LogitScorer(method, **params)
-            else:
+            if method not in METHODS:
                 raise ValueError(f"unknown novelty method {method!r}; this bundle may be from a newer celltype")
+            scorer = _scorer_from_state(method, params, arrays)
         except KeyError as exc:
             raise ValueError(f"novelty detector {method!r} is missing its array {exc.args[0]!r}") from None
         threshold = metadata.get("threshold")
@@ -426,22 +534,87 @@ class NoveltyDetector:
         )
 
 
-def unknown_reasons(confidence: np.ndarray, unknown_threshold: float, novel: np.ndarray | None) -> np.ndarray:
-    """Why each cell is Unknown: :data:`UNLIKE_TRAINING`, :data:`LOW_CONFIDENCE`, or ``""`` (not Unknown).
+_OPTIONS = {
+    "knn": ("k", "max_reference", "seed"),
+    "energy": ("temperature",),
+    "max_softmax": ("temperature",),
+    "input_pca": ("n_components",),
+    "mahalanobis": (),
+    "relative_mahalanobis": (),
+}
 
-    A cell flagged by the novelty detector is ``unlike_training`` whatever its confidence; otherwise
-    it is ``low_confidence`` when its top calibrated probability is below ``unknown_threshold``.
+
+def _fit_scorer(method: str, features: Any, labels: np.ndarray, n_classes: int, params: dict[str, Any]) -> Any:
+    """The scorer ``method`` fitted on its features; an option it does not take is an error."""
+    options = {k: v for k, v in params.items() if k in _OPTIONS[method]}
+    unused = sorted(set(params) - set(options))
+    if unused:
+        raise ValueError(f"novelty method {method!r} takes no option {', '.join(map(repr, unused))}")
+    if method in ("energy", "max_softmax"):
+        return LogitScorer(method, **options)
+    x = _pick(features, INPUT if method == "input_pca" else HIDDEN)
+    if method == "input_pca":
+        return InputPcaScorer.fit(x, labels, n_classes, **options)
+    if method == "knn":
+        return KnnScorer.fit(x, labels, n_classes, **options)
+    return MahalanobisScorer.fit(x, labels, n_classes, relative=method == "relative_mahalanobis")
+
+
+def _scorer_from_state(method: str, params: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
+    """Rebuild one scorer from its parameters and arrays (``KeyError`` for a missing array)."""
+
+    def array(name: str) -> np.ndarray:
+        return np.asarray(arrays[name], dtype=np.float64)
+
+    if method in ("mahalanobis", "relative_mahalanobis"):
+        relative = method == "relative_mahalanobis"
+        return MahalanobisScorer(
+            means=array("means"),
+            precision=array("precision"),
+            background_mean=array("background_mean") if relative else None,
+            background_precision=array("background_precision") if relative else None,
+            shrinkage=float(params.get("shrinkage", 0.0)),
+        )
+    if method == "knn":
+        return KnnScorer(reference=array("reference"), k=int(params.get("k", 10)))
+    if method == "input_pca":
+        distance = MahalanobisScorer(means=array("means"), precision=array("precision"),
+                                     shrinkage=float(params.get("shrinkage", 0.0)))
+        return InputPcaScorer(center=array("center"), components=array("components"), distance=distance)
+    return LogitScorer(method, temperature=float(params.get("temperature", 1.0)))
+
+
+def unknown_reasons(
+    confidence: np.ndarray,
+    unknown_threshold: float,
+    novel: np.ndarray | None,
+    *,
+    detected_genes: np.ndarray | None = None,
+    min_detected_genes: int = 1,
+) -> np.ndarray:
+    """Why each cell is Unknown: one of :data:`UNKNOWN_REASONS` per cell (``""``: not Unknown).
+
+    The first that applies, in this order: :data:`NO_COUNTS` (no detected model gene),
+    :data:`TOO_FEW_GENES` (fewer than ``min_detected_genes``), :data:`UNLIKE_TRAINING` (flagged by the
+    novelty detector, whatever its confidence), :data:`LOW_CONFIDENCE` (top calibrated probability
+    below ``unknown_threshold``).
 
     Args:
         confidence: top calibrated probability per cell.
         unknown_threshold: the bundle's probability threshold.
         novel: :meth:`NoveltyDetector.is_novel` per cell, or ``None`` without a detector.
+        detected_genes: number of the model's genes with a value above 0, per cell (``None``: not checked).
+        min_detected_genes: cells detecting fewer model genes are ``too_few_genes``.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     reasons = np.where(confidence < unknown_threshold, LOW_CONFIDENCE, "").astype(object)
+    for name, flags in (("novel", novel), ("detected_genes", detected_genes)):
+        if flags is not None and np.shape(flags) != confidence.shape:
+            raise ValueError(f"{name} has shape {np.shape(flags)} but confidence has {confidence.shape}")
     if novel is not None:
-        novel = np.asarray(novel, dtype=bool)
-        if novel.shape != confidence.shape:
-            raise ValueError(f"novel has shape {novel.shape} but confidence has {confidence.shape}")
-        reasons[novel] = UNLIKE_TRAINING
+        reasons[np.asarray(novel, dtype=bool)] = UNLIKE_TRAINING
+    if detected_genes is not None:
+        detected = np.asarray(detected_genes)
+        reasons[detected < min_detected_genes] = TOO_FEW_GENES
+        reasons[detected == 0] = NO_COUNTS
     return reasons

@@ -1,8 +1,11 @@
 """Running a trained model: ``Predictor`` turns cells x genes into cell types.
 
 Inference always runs the classifier in eval mode on its fixed running statistics, so a cell's answer
-never depends on which other cells came with it. Input is processed in chunks so memory stays flat,
-dense or scipy-sparse alike, on CPU or CUDA.
+never depends on which other cells came with it. A cell is ``"Unknown"`` for the first of these reasons
+(:func:`model.novelty.unknown_reasons`): no counts over the model's genes, fewer detected model genes
+than the bundle's ``min_detected_genes``, a novelty score above the bundle's detector threshold, or a
+top probability below the confidence threshold; each is decided from that cell alone. Input is
+processed in chunks so memory stays flat, dense or scipy-sparse alike, on CPU or CUDA.
 """
 
 from __future__ import annotations
@@ -20,8 +23,17 @@ import scipy.sparse as sp
 import torch
 
 from model.bundle import UNKNOWN_LABEL, ModelBundle, load_bundle
-from model.errors import InputError
-from model.genes import DEFAULT_MIN_OVERLAP, GeneAlignment, align_genes
+from model.errors import GeneMismatchError, InputError
+from model.genes import (
+    DEFAULT_MIN_OVERLAP,
+    VAR_NAMES,
+    GeneAlignment,
+    align_best,
+    identifier_columns,
+    matching_columns,
+    suggest_columns,
+)
+from model.novelty import LOGITS, novelty_features, unknown_reasons
 from model.preprocessing import as_matrix, check_input_kind, check_values, to_model_input
 
 DEFAULT_CHUNK_SIZE = 1024
@@ -43,16 +55,21 @@ class Annotation:
     """Predictions for a set of cells.
 
     Attributes:
-        labels: predicted cell type per cell (``"Unknown"`` below the threshold).
+        labels: predicted cell type per cell (``"Unknown"`` when ``unknown_reason`` is set).
         confidence: calibrated probability of the most likely type, per cell.
         probabilities: ``(n_cells, n_classes)`` probabilities in the order of ``Predictor.classes``.
         alignment: how the input's genes matched the model's.
+        unknown_reason: per cell, one of :data:`model.novelty.UNKNOWN_REASONS` (``""``: a known type).
+        novelty_score: per cell, the bundle's novelty score (higher = less like the training cells;
+            float64, NaN when the bundle has no novelty detector).
     """
 
     labels: np.ndarray
     confidence: np.ndarray
     probabilities: np.ndarray
     alignment: GeneAlignment
+    unknown_reason: np.ndarray
+    novelty_score: np.ndarray
 
 
 class Predictor:
@@ -131,25 +148,47 @@ class Predictor:
             "gene_list_hash": self.bundle.gene_list_hash,
             "preprocessing": self.bundle.preprocessing.to_dict(),
             "unknown_threshold": self.threshold,
+            "novelty": self.bundle.novelty_state()[0],
+            "min_detected_genes": self.bundle.min_detected_genes,
             "temperature": self.bundle.temperature,
             "norm": self.bundle.config.norm,
             "metadata": self.bundle.metadata,
         }
 
-    def align(self, genes: Sequence[str] | None) -> GeneAlignment:
-        """Align input gene names to the model's (cached per gene list, thread-safe). ``None`` means the model's order."""
+    @property
+    def gene_identifiers(self) -> dict[str, list[str]]:
+        """Every identifier set of the model's genes: ``var_names`` first, then the training data's
+        identifier columns (each list in the model's gene order)."""
+        return {VAR_NAMES: self.genes, **self.bundle.gene_identifiers}
+
+    def align(self, genes: Sequence[str] | None, *, var: Any = None) -> GeneAlignment:
+        """Align input gene names to the model's (cached per gene list, thread-safe). ``None`` means the model's order.
+
+        The names are matched against every identifier set of the model (:attr:`gene_identifiers`) and
+        the best-overlapping set is used. ``var`` (the input's ``var`` DataFrame, when it has one) only
+        improves the error: too little overlap names the ``var`` columns that would have matched.
+        """
         key = tuple(self.genes if genes is None else (str(g) for g in genes))
         with self._alignments_lock:
             alignment = self._alignments.get(key)
             if alignment is not None:
                 self._alignments.move_to_end(key)
                 return alignment
-        alignment = align_genes(key, self.genes, min_overlap=self.min_overlap)
+        try:
+            alignment = align_best(key, self.gene_identifiers, min_overlap=self.min_overlap)
+        except GeneMismatchError as exc:
+            if var is None:
+                raise
+            raise self._with_column_hint(exc, var) from None
         with self._alignments_lock:
             self._alignments[key] = alignment
             if len(self._alignments) > 64:
                 self._alignments.popitem(last=False)
         return alignment
+
+    def _with_column_hint(self, error: GeneMismatchError, var: Any) -> GeneMismatchError:
+        columns = identifier_columns(var.items(), [str(g) for g in var.index])
+        return suggest_columns(error, matching_columns(columns, self.gene_identifiers, self.min_overlap))
 
     def transform(
         self, X: Any, genes: Sequence[str] | None = None, *, input_kind: str = "counts"
@@ -196,7 +235,7 @@ class Predictor:
         input_kind: str = "counts",
         threshold: float | None = None,
     ) -> Annotation:
-        """Labels, confidences and probabilities for every cell of ``X`` (cells x genes).
+        """Labels, confidences, probabilities and the reason for every ``"Unknown"``, per cell of ``X``.
 
         Args:
             X: dense array-like or scipy sparse matrix, one row per cell, columns named by ``genes``.
@@ -210,15 +249,33 @@ class Predictor:
             raise InputError(f"threshold must be between 0 and 1, got {threshold}")
         n_cells = matrix.shape[0]
         probabilities = np.empty((n_cells, len(self.classes)), dtype=np.float32)
+        novelty_score = np.full(n_cells, np.nan)
+        detected_genes = np.zeros(n_cells, dtype=np.int64)
         for start in range(0, n_cells, self.chunk_size):
             stop = min(start + self.chunk_size, n_cells)
-            chunk = self._model_input(matrix[start:stop], alignment, input_kind)
-            probabilities[start:stop] = self._probabilities(chunk)
+            selected = self._selected(matrix[start:stop], alignment)
+            detected_genes[start:stop] = np.count_nonzero(selected > 0, axis=1)
+            model_input = to_model_input(selected, input_kind, self.bundle.preprocessing.target_sum)
+            probabilities[start:stop], novelty_score[start:stop] = self._outputs(model_input)
         best = probabilities.argmax(axis=1) if n_cells else np.zeros(0, dtype=np.int64)
         confidence = probabilities[np.arange(n_cells), best]
-        labels = self._classes[best]
-        labels = np.where(confidence < threshold, UNKNOWN_LABEL, labels).astype(object)
-        return Annotation(labels=labels, confidence=confidence, probabilities=probabilities, alignment=alignment)
+        novelty = self.bundle.novelty
+        reasons = unknown_reasons(
+            confidence,
+            threshold,
+            None if novelty is None else novelty_score > novelty.threshold,
+            detected_genes=detected_genes,
+            min_detected_genes=self.bundle.min_detected_genes,
+        )
+        labels = np.where(reasons == "", self._classes[best], UNKNOWN_LABEL).astype(object)
+        return Annotation(
+            labels=labels,
+            confidence=confidence,
+            probabilities=probabilities,
+            alignment=alignment,
+            unknown_reason=reasons,
+            novelty_score=novelty_score,
+        )
 
     def _checked(
         self, X: Any, genes: Sequence[str] | None, input_kind: str
@@ -238,21 +295,32 @@ class Predictor:
     def _model_input(
         self, chunk: np.ndarray | sp.csr_matrix, alignment: GeneAlignment, input_kind: str
     ) -> np.ndarray:
-        n_cells = chunk.shape[0]
+        return to_model_input(self._selected(chunk, alignment), input_kind, self.bundle.preprocessing.target_sum)
+
+    @staticmethod
+    def _selected(chunk: np.ndarray | sp.csr_matrix, alignment: GeneAlignment) -> np.ndarray:
+        """The chunk's values over the model's genes, in the model's order (missing genes are 0)."""
         if alignment.is_identity:
-            selected = chunk.toarray() if sp.issparse(chunk) else np.array(chunk, dtype=np.float32)
-        else:
-            selected = np.zeros((n_cells, alignment.n_model_genes), dtype=np.float32)
-            found = np.flatnonzero(alignment.source_index >= 0)
-            columns = chunk[:, alignment.source_index[found]]
-            selected[:, found] = columns.toarray() if sp.issparse(columns) else columns
-        return to_model_input(selected, input_kind, self.bundle.preprocessing.target_sum)
+            return chunk.toarray() if sp.issparse(chunk) else np.array(chunk, dtype=np.float32)
+        selected = np.zeros((chunk.shape[0], alignment.n_model_genes), dtype=np.float32)
+        found = np.flatnonzero(alignment.source_index >= 0)
+        columns = chunk[:, alignment.source_index[found]]
+        selected[:, found] = columns.toarray() if sp.issparse(columns) else columns
+        return selected
 
     @torch.inference_mode()
-    def _probabilities(self, model_input: np.ndarray) -> np.ndarray:
+    def _outputs(self, model_input: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities and novelty scores (NaN without a detector) from one forward pass."""
         inputs = torch.from_numpy(model_input).to(self.device, non_blocking=True)
-        logits = self.model(inputs).float()
-        return torch.softmax(logits / self.bundle.temperature, dim=1).cpu().numpy()
+        novelty = self.bundle.novelty
+        if novelty is None:
+            logits = self.model(inputs).float()
+            scores = np.full(model_input.shape[0], np.nan)
+        else:
+            features = novelty_features(self.model, inputs)
+            logits = features[LOGITS].float()
+            scores = novelty.score(features)
+        return torch.softmax(logits / self.bundle.temperature, dim=1).cpu().numpy(), scores
 
     @torch.inference_mode()
     def _embedding(self, model_input: np.ndarray) -> np.ndarray:

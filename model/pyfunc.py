@@ -6,7 +6,7 @@ the bundle's two files as the artifact ``bundle``, a clean copy of the ``model``
 ``model_config``. The result serves with ``mlflow models serve -m models:/NAME@ALIAS --env-manager
 local`` (which needs ``uvicorn`` on ``PATH``: activate the venv or put its ``bin`` first); its
 ``/invocations`` takes a table of raw counts whose columns are gene names and answers one row per cell:
-``predicted_cell_type``, ``confidence`` and one ``prob_<class>`` column per cell type.
+``predicted_cell_type``, ``confidence``, ``unknown_reason`` and one ``prob_<class>`` column per cell type.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from mlflow.types import ColSpec, Schema
 
 from model.bundle import MANIFEST_FILE, WEIGHTS_FILE, load_bundle
 from model.errors import InputError
-from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PYFUNC_PROBABILITY_PREFIX
+from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PYFUNC_PROBABILITY_PREFIX, UNKNOWN_REASON_COLUMN
 from model.predict import Predictor
 from model.registry.fetch import BUNDLE_ARTIFACT_NAME
 
@@ -46,7 +46,8 @@ def probability_column(cell_type: str) -> str:
 def predictions_frame(predictor: Predictor, model_input: pd.DataFrame) -> pd.DataFrame:
     """Annotate the cells of ``model_input`` (rows = cells, columns = gene names, raw counts).
 
-    Returns one row per cell: ``predicted_cell_type``, ``confidence`` and ``prob_<class>`` columns.
+    Returns one row per cell: ``predicted_cell_type``, ``confidence``, ``unknown_reason`` (why the cell is
+    ``"Unknown"``, ``""`` otherwise) and ``prob_<class>`` columns.
 
     Raises:
         InputError: the table is not numeric, has negative / non-integer / missing values, or its
@@ -69,6 +70,7 @@ def predictions_frame(predictor: Predictor, model_input: pd.DataFrame) -> pd.Dat
     columns: dict[str, Any] = {
         LABEL_COLUMN: annotation.labels.astype(str),
         CONFIDENCE_COLUMN: annotation.confidence.astype(np.float64),
+        UNKNOWN_REASON_COLUMN: annotation.unknown_reason.astype(str),
     }
     for index, cell_type in enumerate(predictor.classes):
         columns[probability_column(cell_type)] = annotation.probabilities[:, index].astype(np.float64)
@@ -99,10 +101,11 @@ class CellTypePythonModel(mlflow.pyfunc.PythonModel):
 
 
 def signature_for(genes: list[str], classes: list[str]) -> ModelSignature:
-    """Input: one optional double column per gene; output: label, confidence and per-class probabilities."""
+    """Input: one optional double column per gene; output: label, confidence, unknown reason and per-class
+    probabilities."""
     inputs = Schema([ColSpec("double", gene, required=False) for gene in genes])
     outputs = Schema(
-        [ColSpec("string", LABEL_COLUMN), ColSpec("double", CONFIDENCE_COLUMN)]
+        [ColSpec("string", LABEL_COLUMN), ColSpec("double", CONFIDENCE_COLUMN), ColSpec("string", UNKNOWN_REASON_COLUMN)]
         + [ColSpec("double", probability_column(c)) for c in classes]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)

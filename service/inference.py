@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from model.outputs import UNKNOWN_REASON_COLUMN
 from model.predict import Annotation
 from service.decoding.prediction_input import PredictionInput
 from service.model_store import ServedModel
@@ -124,11 +125,14 @@ def prediction_records(
     top_k: int | None = None,
     return_probabilities: bool = False,
 ) -> list[dict[str, Any]]:
-    """One JSON-ready dict per cell: ``cell_id``?, ``label``, ``confidence``, ``probabilities``?, ``top_k``?."""
+    """One JSON-ready dict per cell: ``cell_id``?, ``label``, ``confidence``, ``unknown_reason``,
+    ``probabilities``?, ``top_k``?."""
     classes = served.predictor.classes
     records = [
-        {"label": label, "confidence": confidence}
-        for label, confidence in zip(annotation.labels.tolist(), annotation.confidence.tolist(), strict=True)
+        {"label": label, "confidence": confidence, UNKNOWN_REASON_COLUMN: reason}
+        for label, confidence, reason in zip(
+            annotation.labels.tolist(), annotation.confidence.tolist(), annotation.unknown_reason.tolist(), strict=True
+        )
     ]
     if cell_ids is not None:
         records = [{"cell_id": cell_id, **record} for cell_id, record in zip(cell_ids, records, strict=True)]

@@ -119,7 +119,7 @@ class ModelStore:
             BundleError, InputError: the bundle is tampered with, malformed or cannot run here.
             ModelLoadError: anything else went wrong (registry unreachable, alias missing, ...).
         """
-        return self.install(self._fetch())
+        return self.install(self.fetch())
 
     def reload(self) -> dict[str, Any]:
         """Re-resolve :attr:`uri` and swap in the model it points to if it differs from the current one.
@@ -134,7 +134,7 @@ class ModelStore:
             raise ReloadInProgressError("a model reload is already running; try again when it has finished")
         try:
             previous = self._current
-            candidate = self._fetch()
+            candidate = self.fetch()
             if previous is not None and candidate.bundle.sha256 == previous.predictor.bundle.sha256:
                 return {"status": "unchanged", "previous": previous.summary, "current": previous.summary}
             served = self.install(candidate)
@@ -146,7 +146,8 @@ class ModelStore:
         finally:
             self._reload_lock.release()
 
-    def _fetch(self) -> Predictor:
+    def fetch(self) -> Predictor:
+        """Load the model at :attr:`uri` without serving it (errors as :meth:`load` raises them)."""
         if self.uri is None:
             raise NoModelConfiguredError("no model URI is configured; start the service with --model")
         try:

@@ -8,14 +8,19 @@ benchmarks serve the same kind of model, and they do not import from ``tests``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import anndata
 import numpy as np
+import torch
 
 from benchmarks.reliability.inputs import random_bundle
+from model.bundle import ModelBundle
+from model.novelty import DEFAULT_METHOD, LOGITS, NoveltyDetector, novelty_features
+from model.preprocessing import to_model_input
 from training.synthetic import make_multilab
 
-__all__ = ["CLASSES", "GENES", "random_bundle", "random_counts", "synthetic_adata"]
+__all__ = ["CLASSES", "GENES", "add_unknown_checks", "random_bundle", "random_counts", "synthetic_adata"]
 
 GENES = [f"G{i}" for i in range(40)]
 """Gene names of the small models the tests build."""
@@ -59,3 +64,25 @@ def synthetic_adata(
     adata.obs_names = [f"cell{i}" for i in range(n_cells)]
     adata.var_names = list(genes)
     return adata
+
+
+def add_unknown_checks(
+    bundle: ModelBundle,
+    counts: np.ndarray,
+    *,
+    min_detected_genes: int = 5,
+    quantile: float = 0.99,
+    method: str = DEFAULT_METHOD,
+) -> ModelBundle:
+    """``bundle`` with the Unknown checks a training run adds: a ``method`` novelty detector fitted on the
+    features (:func:`model.novelty.novelty_features`) of the first half of ``counts`` (labelled by the
+    model's own argmax), its threshold the ``quantile`` of the second half's scores, and ``min_detected_genes``."""
+    model = bundle.build_model()
+    inputs = torch.from_numpy(to_model_input(counts.copy(), "counts", bundle.preprocessing.target_sum))
+    features = {kind: values.numpy() for kind, values in novelty_features(model, inputs).items()}
+    half = len(counts) // 2
+    first, second = ({kind: values[rows] for kind, values in features.items()} for rows in (slice(half), slice(half, None)))
+    fitted = NoveltyDetector.fit(method, first, first[LOGITS].argmax(axis=1), len(bundle.classes))
+    detector = NoveltyDetector.from_state(*fitted.to_state())
+    detector.calibrate(second, quantile)
+    return replace(bundle, novelty=detector, min_detected_genes=min_detected_genes, sha256=None)

@@ -12,6 +12,12 @@ model input (clipped at 0, as log expression is never negative):
 Zeros stay zero under the shift (a gene a cell did not detect is not invented), so only ``a`` acts on
 them. Inference never augments. Enabled with config keys ``augment_mode``, ``augment_scale``,
 ``augment_shift`` (``--set augment.mode=per_lab``).
+
+:class:`CellNoiseAugmenter` simulates the per-cell side of technology differences (capture efficiency,
+sequencing depth): each detected gene of a cell is dropped (set to 0) with probability ``gene_dropout``,
+and each cell's expression is rescaled as ``log1p(f · expm1(x))`` with ``log f ~ N(0, library_scale²)``
+(a different library size / size factor). Config keys ``augment_gene_dropout`` and
+``augment_library_scale`` (0 = off, the default); it composes with the lab effect.
 """
 
 from __future__ import annotations
@@ -73,15 +79,79 @@ class LabEffectAugmenter:
         return (inputs * factors + offsets * detected).clamp_min(0.0)
 
 
-def augmenter_from_config(config: Any, batches: Sequence[str] | np.ndarray) -> LabEffectAugmenter | None:
-    """The augmenter a training config asks for (``augment_mode`` etc.), or ``None`` when it is off."""
+class CellNoiseAugmenter:
+    """Per-cell gene dropout and library-size rescaling of log-normalized training inputs.
+
+    Args:
+        gene_dropout: probability that a detected gene of a cell is set to 0, in [0, 1).
+        library_scale: standard deviation of the per-cell log library-size factor ``log f``.
+        seed: seed of the draws.
+    """
+
+    def __init__(self, gene_dropout: float, library_scale: float, seed: int = 0) -> None:
+        if not 0.0 <= gene_dropout < 1.0:
+            raise ValueError(f"gene_dropout must be in [0, 1) (got {gene_dropout})")
+        if library_scale < 0:
+            raise ValueError(f"library_scale must be >= 0 (got {library_scale})")
+        self.gene_dropout = float(gene_dropout)
+        self.library_scale = float(library_scale)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random generator's state (checkpointed, so a resumed run draws the same noise)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.generator.set_state(state["generator"])
+
+    def __call__(self, inputs: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """``inputs`` (``(n, genes)`` log-normalized) with per-cell dropout and rescaling; a new tensor."""
+        n, n_genes = inputs.shape
+        out = inputs
+        if self.library_scale > 0:
+            factors = (torch.randn(n, 1, generator=self.generator) * self.library_scale).exp()
+            out = torch.log1p(torch.expm1(out) * factors.to(out.device, out.dtype))
+        if self.gene_dropout > 0:
+            keep = torch.rand(n, n_genes, generator=self.generator) >= self.gene_dropout
+            out = out * keep.to(out.device, out.dtype)
+        return out if out is not inputs else inputs.clone()
+
+
+class ComposedAugmenter:
+    """Applies several augmenters in turn (each called with the mini-batch's inputs and rows)."""
+
+    def __init__(self, parts: Sequence[Any]) -> None:
+        self.parts = list(parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each part's state (parts without one give ``None``)."""
+        return {"parts": [p.state_dict() if hasattr(p, "state_dict") else None for p in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        for part, saved in zip(self.parts, state["parts"], strict=True):
+            if saved is not None:
+                part.load_state_dict(saved)
+
+    def __call__(self, inputs: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """The inputs after every part."""
+        for part in self.parts:
+            inputs = part(inputs, rows)
+        return inputs
+
+
+def augmenter_from_config(config: Any, batches: Sequence[str] | np.ndarray) -> Any:
+    """The augmentation a training config asks for (lab effect and/or cell noise), or ``None`` when off."""
+    parts: list[Any] = []
     mode = getattr(config, "augment_mode", "none")
-    if mode == "none":
+    if mode != "none":
+        parts.append(LabEffectAugmenter(batches, mode, config.augment_scale, config.augment_shift,
+                                        seed=int(config.seed) + 7919))
+    dropout = float(getattr(config, "augment_gene_dropout", 0.0))
+    library = float(getattr(config, "augment_library_scale", 0.0))
+    if dropout > 0 or library > 0:
+        parts.append(CellNoiseAugmenter(dropout, library, seed=int(config.seed) + 104729))
+    if not parts:
         return None
-    return LabEffectAugmenter(
-        batches,
-        mode,
-        config.augment_scale,
-        config.augment_shift,
-        seed=int(config.seed) + 7919,
-    )
+    return parts[0] if len(parts) == 1 else ComposedAugmenter(parts)

@@ -19,9 +19,11 @@ from typing import Any
 
 from model.errors import CellTypeError
 from model.norms import NORM_LAYERS
+from model.novelty import DEFAULT_METHOD, DEFAULT_QUANTILE, METHODS
 from model.schedule import DEFAULT_SCHEDULE, RenormSchedule
 from training.augment import AUGMENT_MODES
 from training.genes import GENE_SELECTION_METHODS
+from training.streaming import DATA_MODES
 
 try:
     import tomllib
@@ -32,6 +34,8 @@ SAMPLERS = ("shuffled", "lab_homogeneous", "class_balanced")
 """Mini-batch samplers (see :mod:`training.samplers`)."""
 DEVICES = ("auto", "cpu", "cuda")
 """Devices a run may ask for; ``auto`` is CUDA when available, else CPU."""
+NO_NOVELTY = "none"
+"""``novelty_method`` value that bundles no novelty detector."""
 
 
 class ConfigError(CellTypeError, ValueError):
@@ -46,6 +50,8 @@ class TrainConfig:
         label_key: ``obs`` column with the cell types.
         batch_key: ``obs`` column with the batch (lab, protocol, donor) of each cell.
         holdout_batches: batches never used in training; scored separately.
+        data_mode: ``auto`` (from the data size against the available memory), ``memory`` or ``disk``
+            (read rows from the files as training needs them, :mod:`training.streaming`).
     Genes:
         n_top_genes: number of genes kept by the selection (``"all"`` keeps every gene).
         gene_selection: selection method (see :mod:`training.genes`).
@@ -57,6 +63,9 @@ class TrainConfig:
         min_lr_ratio: final learning rate as a share of ``lr``.
         epochs: passes over the training cells. max_steps: cap on optimizer steps (0: no cap).
         batch_size: cells per optimizer step. sampler: how mini-batches are drawn.
+        sampler_block_rows: shuffle in blocks of this many contiguous rows (:mod:`training.samplers`);
+            0: single cells in memory, blocks of ``training.streaming.DEFAULT_BLOCK_ROWS`` on disk. Set it
+            to make the memory and disk paths draw the same mini-batches (and so train the same weights).
     Batch Renormalization schedule (:class:`model.schedule.RenormSchedule`, which holds the defaults;
     as fractions of all optimizer steps, so that it scales with short and long runs alike):
         brn_warmup_fraction: plain batch norm (r_max = 1, d_max = 0) for this share of the run.
@@ -83,14 +92,28 @@ class TrainConfig:
             cellbench run 10x slower here (80 s instead of 8 s).
         mixed_precision: autocast matrix products to bfloat16/float16 on CUDA (normalization stays fp32).
         unknown_threshold: confidence below which predictions are "Unknown".
+    Unknown checks stored in the bundle (:mod:`training.unknown`):
+        novelty_method: the novelty scorer (:data:`model.novelty.METHODS`, default
+            :data:`model.novelty.DEFAULT_METHOD`; ``none``: no novelty check), fitted on the training
+            cells' last hidden layer.
+        novelty_quantile: its threshold is this quantile of the scores of the validation cells
+            (training labs only).
+        min_genes_quantile: ``min_detected_genes`` is this quantile of the number of detected model
+            genes per training cell (at least 1).
     Lab-effect augmentation (:mod:`training.augment`; ``--set augment.mode=per_lab``):
         augment_mode: none, per_lab or per_batch. augment_scale: std of the gene-wise log-scale.
         augment_shift: std of the gene-wise shift of log expression.
+        augment_gene_dropout: per-cell probability of dropping a detected gene (0: off).
+        augment_library_scale: std of the per-cell log library-size factor (0: off).
+    Lab-adversarial head (:mod:`training.adversarial`):
+        adversarial_weight: weight of the gradient-reversed lab-classification loss on the last
+            hidden layer (0: off; needs two or more training labs).
     """
 
     label_key: str = "cell_type"
     batch_key: str = "batch"
     holdout_batches: tuple[str, ...] = ()
+    data_mode: str = "auto"
     n_top_genes: int | str = 2000
     gene_selection: str = "hvg_batch_aware"
     hidden_sizes: tuple[int, ...] = (256, 128)
@@ -108,6 +131,7 @@ class TrainConfig:
     max_steps: int = 0
     batch_size: int = 64
     sampler: str = "lab_homogeneous"
+    sampler_block_rows: int = 0
     brn_warmup_fraction: float = DEFAULT_SCHEDULE.warmup_fraction
     brn_r_max_final: float = DEFAULT_SCHEDULE.r_max_final
     brn_d_max_final: float = DEFAULT_SCHEDULE.d_max_final
@@ -125,9 +149,15 @@ class TrainConfig:
     cpu_threads: int = 1
     mixed_precision: bool = True
     unknown_threshold: float = 0.5
+    novelty_method: str = DEFAULT_METHOD
+    novelty_quantile: float = DEFAULT_QUANTILE
+    min_genes_quantile: float = 0.001
     augment_mode: str = "none"
     augment_scale: float = 0.1
     augment_shift: float = 0.1
+    augment_gene_dropout: float = 0.0
+    augment_library_scale: float = 0.0
+    adversarial_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -157,6 +187,9 @@ class TrainConfig:
             (self.max_steps >= 0, f"max_steps must be >= 0, 0 meaning no cap (got {self.max_steps})"),
             (self.batch_size >= 2, f"batch_size must be >= 2 for batch statistics (got {self.batch_size})"),
             (self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})"),
+            (self.sampler_block_rows >= 0,
+             f"sampler_block_rows must be >= 0, 0 meaning the data mode's default (got {self.sampler_block_rows})"),
+            (self.data_mode in DATA_MODES, f"data_mode must be one of {', '.join(DATA_MODES)} (got {self.data_mode!r})"),
             (self.patience >= 0, f"patience must be >= 0, 0 meaning no early stopping (got {self.patience})"),
             (0.0 <= self.averaging_start_fraction < 1.0,
              f"averaging_start_fraction must be in [0, 1) (got {self.averaging_start_fraction})"),
@@ -170,10 +203,20 @@ class TrainConfig:
              f"device must be one of {', '.join(DEVICES)} (got {self.device!r})"),
             (0.0 <= self.unknown_threshold <= 1.0,
              f"unknown_threshold must be in [0, 1] (got {self.unknown_threshold})"),
+            (self.novelty_method in (*METHODS, NO_NOVELTY),
+             f"novelty_method must be one of {', '.join((*METHODS, NO_NOVELTY))} (got {self.novelty_method!r})"),
+            (0.0 < self.novelty_quantile < 1.0, f"novelty_quantile must be in (0, 1) (got {self.novelty_quantile})"),
+            (0.0 <= self.min_genes_quantile < 1.0,
+             f"min_genes_quantile must be in [0, 1) (got {self.min_genes_quantile})"),
             (self.augment_mode in AUGMENT_MODES,
              f"augment_mode must be one of {', '.join(AUGMENT_MODES)} (got {self.augment_mode!r})"),
             (self.augment_scale >= 0 and self.augment_shift >= 0,
              f"augment_scale and augment_shift must be >= 0 (got {self.augment_scale}, {self.augment_shift})"),
+            (0.0 <= self.augment_gene_dropout < 1.0,
+             f"augment_gene_dropout must be in [0, 1) (got {self.augment_gene_dropout})"),
+            (self.augment_library_scale >= 0,
+             f"augment_library_scale must be >= 0 (got {self.augment_library_scale})"),
+            (self.adversarial_weight >= 0, f"adversarial_weight must be >= 0 (got {self.adversarial_weight})"),
         ]
         for ok, message in checks:
             if not ok:

@@ -31,6 +31,7 @@ from training.metrics import classification_scores, per_batch_scores, summary
 from training.splits import Split, make_split
 from training.strict_json import json_ready
 from training.trainer import FitResult, Trainer
+from training.unknown import fit_unknown_checks
 
 
 @dataclass
@@ -106,7 +107,9 @@ def train_model(
     Steps: hold out ``config.holdout_batches``; split validation cells off the training batches;
     select genes on the training cells; fit (with checkpoints in ``out_dir/checkpoints`` when
     ``out_dir`` is given; ``resume`` continues from them); fit the temperature on the validation
-    logits; score validation and each held-out batch; build the bundle with its metadata.
+    logits; fit the Unknown checks (:mod:`training.unknown`: novelty detector on the training cells,
+    threshold on the validation cells; ``min_detected_genes``); score validation and each held-out
+    batch; build the bundle with its metadata.
 
     ``rank``/``world_size`` place this process in data-parallel training (the sampler's shard);
     ``configure_trainer`` is called with the :class:`Trainer` before fitting (hooks, layer swaps).
@@ -153,6 +156,11 @@ def train_model(
         confidence, correct = _plot_data(truth, probabilities, classes)
         reports["validation"] = {"scores": scores, "confidence": confidence, "correct": correct}
 
+    unknown = fit_unknown_checks(
+        config, trainer.model, model_data, trainer.targets, split.train, split.validation, temperature, trainer.device
+    )
+    metrics["unknown_checks"] = unknown.report
+
     holdout: dict[str, Any] = {"overall": None, "per_batch": {}}
     if score_holdout and len(split.holdout):
         probabilities = softmax(trainer.logits(model_data, split.holdout), temperature)
@@ -198,10 +206,13 @@ def train_model(
     bundle = ModelBundle.from_model(
         trainer.model,
         genes=list(genes),
+        gene_identifiers=model_data.gene_identifiers,
         classes=classes,
         preprocessing=model_data.preprocessing,
         temperature=temperature,
         unknown_threshold=config.unknown_threshold,
+        novelty=unknown.novelty,
+        min_detected_genes=unknown.min_detected_genes,
         metadata=json_ready(metadata),
     )
     return TrainingRun(config=config, bundle=bundle, split=split, fit=fit, metrics=metrics, reports=reports)

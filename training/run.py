@@ -24,12 +24,11 @@ from training.config import DEVICES, KEYS, TrainConfig, resolve_config
 from training.data import DataReport, LabeledData, load_labeled
 from training.outputs import write_run
 from training.pipeline import TrainingRun, train_model
+from training.streaming import DATA_MODES, DiskLabeledData, choose_data_mode, open_labeled, streaming_setup
 from training.tracking import publish, resolve_tracking_uri
 
 EXIT_OK = 0
 """Trained, written and (when asked) published."""
-EXIT_INPUT = 2
-"""Bad input (a :class:`model.errors.CellTypeError`): a one-line message says what to fix; nothing trained."""
 EXIT_REGISTRY_UNAVAILABLE = 3
 """Trained and written, but the MLflow store could not be reached: the bundle is kept and the message
 names the ``celltype register`` command that publishes it later."""
@@ -60,6 +59,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--seed", type=int, help="random seed (default: 0)")
+    parser.add_argument("--data-mode", choices=DATA_MODES,
+                        help="train with every cell in memory, or reading rows from the files as needed (disk); "
+                        "default: auto, from the data size against the available memory")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="data-parallel training with N processes on this machine (torchrun; gloo on CPU, "
                         "NCCL on CUDA); batch_size is per process (default: 1)")
@@ -113,6 +115,7 @@ def request_from_args(args: argparse.Namespace, *, check_out: bool = True) -> Tr
             "holdout_batches": tuple(args.holdout_batch) if args.holdout_batch else None,
             "device": args.device,
             "seed": args.seed,
+            "data_mode": getattr(args, "data_mode", None),
         },
     )
     missing = [str(path) for path in args.data if not Path(path).is_file()]
@@ -146,9 +149,15 @@ def output_directory(out: str | None, *, resume: bool) -> Path:
     return path
 
 
-def load(request: TrainRequest, *, echo: bool = True) -> tuple[LabeledData, DataReport]:
-    """Read the request's labeled files; with ``echo``, print what was read (the data report)."""
-    data, report = load_labeled(request.data, label_key=request.config.label_key, batch_key=request.config.batch_key)
+def load(request: TrainRequest, *, echo: bool = True) -> tuple[LabeledData | DiskLabeledData, DataReport]:
+    """Read the request's labeled files, in memory or left on disk as ``data_mode`` chooses
+    (:func:`training.streaming.choose_data_mode`); with ``echo``, print the choice and the data report."""
+    config = request.config
+    choice = choose_data_mode(request.data, config.data_mode)
+    if echo:
+        print(choice.message())
+    keys = {"label_key": config.label_key, "batch_key": config.batch_key}
+    data, report = open_labeled(request.data, **keys) if choice.mode == "disk" else load_labeled(request.data, **keys)
     if echo:
         for line in report.lines():
             print(line)
@@ -202,7 +211,7 @@ def train_and_publish(request: TrainRequest) -> int:
     data, report = load(request)
     run = train_model(
         request.config, data, datasets=request.data, out_dir=request.out, progress=request.progress,
-        resume=request.resume,
+        resume=request.resume, configure_trainer=streaming_setup(data, request.config.sampler_block_rows),
     )
     return write_and_publish(run, request, report)
 

@@ -43,9 +43,8 @@ from training.data import LabeledData
 from training.lr_schedule import learning_rate
 from training.metrics import classification_scores
 from training.samplers import make_sampler
+from training.streaming import INPUT_CACHE_BYTES
 
-INPUT_CACHE_BYTES = 1 << 30
-"""Training inputs up to this size are computed once and kept as a dense tensor; larger ones per batch."""
 STATS_CHUNK = 4096
 """Cells per chunk when computing the per-gene input statistics."""
 
@@ -274,6 +273,12 @@ class Trainer:
         amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and amp_dtype == torch.float16)
+        self.auxiliary_losses: list[Callable[[np.ndarray], torch.Tensor]] = []
+        """Extra loss terms per training step, each called with the mini-batch's rows after the forward pass."""
+        if config.adversarial_weight > 0:
+            from training.adversarial import attach_lab_adversary
+
+            attach_lab_adversary(self, config.adversarial_weight)
         self._cache: torch.Tensor | None = None
         self._cache_position: np.ndarray | None = None
         if len(self.train_rows) * len(data.genes) * 4 <= INPUT_CACHE_BYTES:
@@ -322,6 +327,8 @@ class Trainer:
         loss = F.cross_entropy(
             logits.float(), targets, weight=self.loss_weights, label_smoothing=self.config.label_smoothing
         )
+        for auxiliary in self.auxiliary_losses:  # e.g. the lab adversary (training.adversarial)
+            loss = loss + auxiliary(rows)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.gradient_hook is not None:

@@ -3,7 +3,7 @@
 Accepted bodies are those of MLflow's scoring server: JSON with exactly one of ``dataframe_split``,
 ``dataframe_records``, ``instances`` or ``inputs`` (columns = gene names, values = raw counts), CSV
 with a header of gene names, or Parquet. The answer is ``{"predictions": [{"predicted_cell_type",
-"confidence", "prob_<type>"...}, ...]}``, the pyfunc's output (see ``model/pyfunc.py``), so a client
+"confidence", "unknown_reason", "prob_<type>"...}, ...]}``, the pyfunc's output (see ``model/pyfunc.py``), so a client
 can switch between the two servers without changes. Errors carry MLflow's ``error_code`` and
 ``message`` besides ``detail``.
 """
@@ -19,7 +19,7 @@ import pandas as pd
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PYFUNC_PROBABILITY_PREFIX
+from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PYFUNC_PROBABILITY_PREFIX, UNKNOWN_REASON_COLUMN
 from service.decoding.fields import check_names
 from service.decoding.json_body import JsonBody, read_json
 from service.decoding.prediction_input import PredictionInput
@@ -67,7 +67,8 @@ class InvocationsRequest(BaseModel):
 async def invocations(
     request: Request, served: ServedModelDep, runner: RunnerDep, settings: SettingsDep, metrics: MetricsDep
 ) -> Response:
-    """Raw counts in, `{"predictions": [{"predicted_cell_type", "confidence", "prob_<type>"...}]}` out."""
+    """Raw counts in, `{"predictions": [{"predicted_cell_type", "confidence", "unknown_reason", "prob_<type>"...}]}`
+    out."""
     received = media_type(request)
     if received not in (JSON_MEDIA_TYPE, CSV_MEDIA_TYPE, PARQUET_MEDIA_TYPE):
         raise unsupported_media_type(received, [JSON_MEDIA_TYPE, CSV_MEDIA_TYPE, PARQUET_MEDIA_TYPE])
@@ -90,10 +91,16 @@ def _invoke(served: ServedModel, settings: Settings, received: str, body: bytes)
         request = _decode_table(body, received, max_cells)
     annotation = annotate(served, request)
     classes = served.predictor.classes
-    columns = [LABEL_COLUMN, CONFIDENCE_COLUMN, *(f"{PYFUNC_PROBABILITY_PREFIX}{name}" for name in classes)]
+    columns = [
+        LABEL_COLUMN,
+        CONFIDENCE_COLUMN,
+        UNKNOWN_REASON_COLUMN,
+        *(f"{PYFUNC_PROBABILITY_PREFIX}{name}" for name in classes),
+    ]
     rows = zip(
         annotation.labels.tolist(),
         annotation.confidence.tolist(),
+        annotation.unknown_reason.tolist(),
         *annotation.probabilities.T.tolist(),
         strict=True,
     )

@@ -19,9 +19,11 @@ from service.errors import RequestInputError, unsupported_media_type
 from service.h5ad_io import H5AD_MEDIA_TYPE, annotated_h5ad, predictions_csv, read_h5ad_cells
 from service.inference import annotate, predict_payload, prediction_records
 from service.model_store import ServedModel
+from service.provenance_io import provenance_headers, served_record
 from service.routers import ERROR_RESPONSES, JSON_MEDIA_TYPE, NPZ_MEDIA_TYPE, media_type, openapi_request_body
 from service.schemas import PredictRequest, PredictResponse
 from service.settings import Settings
+from service.upload_genes import align_upload
 
 router = APIRouter(prefix="/v1/predict", tags=["predict"])
 
@@ -80,6 +82,11 @@ async def predict(
     **npz** (`application/x-npz`, `numpy.savez` output): arrays `genes` and either `X` (cells x genes)
     or `data`/`indices`/`indptr` (CSR), optionally `cell_ids`; options go in the query string.
 
+    Genes may be named by any identifier the model was trained with (its `var_names` or a `var` column
+    of its training data, e.g. symbols or Ensembl IDs); the set that overlaps best is used and
+    `gene_overlap.identifier` names it. The answer's `model` holds the model's `version` and
+    `bundle_sha256` digest (also in the `X-Celltype-Model-*` headers).
+
     A cell's answer never depends on the other cells of the request.
     """
     received = media_type(request)
@@ -101,7 +108,7 @@ async def predict(
     body = await request.body()
     content, n_cells = await runner.run(_predict_body, served, settings, received, body, options)
     metrics.cells.labels("/v1/predict").inc(n_cells)
-    return Response(content, media_type=JSON_MEDIA_TYPE)
+    return Response(content, media_type=JSON_MEDIA_TYPE, headers=provenance_headers(served.summary))
 
 
 def _predict_body(
@@ -137,7 +144,10 @@ async def predict_h5ad(
         Query(alias="format", description="json (default), csv, or h5ad (the file annotated in obs)."),
     ] = "json",
     layer: Annotated[str | None, Query(description="Read values from layers[layer] instead of X.")] = None,
-    gene_column: Annotated[str | None, Query(description="Gene names from this var column.")] = None,
+    gene_column: Annotated[
+        str | None,
+        Query(description="Gene names from this var column (e.g. gene_ids) instead of var_names."),
+    ] = None,
     input_kind: Annotated[
         Literal["auto", "counts", "lognorm"],
         Query(alias="input", description="Kind of values; 'auto' detects counts vs log-normalized."),
@@ -147,7 +157,14 @@ async def predict_h5ad(
     threshold: ThresholdQuery = None,
 ) -> Response:
     """Upload an `.h5ad` file as the multipart field `file`. `format=h5ad` answers the same file with
-    `obs['predicted_cell_type']` and `obs['confidence']` added."""
+    `obs['predicted_cell_type']` and `obs['confidence']` added, and the provenance record in
+    `uns['celltype']` (model URI, name, version, `sha256` digest, threshold, celltype version, time, gene
+    overlap).
+
+    Genes are `var_names`, or the `var` column named by `gene_column`; either may use any identifier
+    the model was trained with (`gene_overlap.identifier` says which matched). Too little overlap is a
+    422 naming the upload's `var` columns that would match. CSV and h5ad answers carry the model in
+    `X-Celltype-Model-Sha256`, `X-Celltype-Model-Version` and `X-Celltype-Model-Name` headers."""
     received = media_type(request)
     if received != "multipart/form-data":
         raise unsupported_media_type(received, ["multipart/form-data (field 'file')"])
@@ -166,7 +183,7 @@ async def predict_h5ad(
         }
         content, content_type, n_cells = await runner.run(_predict_upload, served, settings, upload, options)
     metrics.cells.labels("/v1/predict/h5ad").inc(n_cells)
-    headers = {}
+    headers = provenance_headers(served.summary)
     if content_type == H5AD_MEDIA_TYPE:
         stem = _UNSAFE_FILENAME.sub("_", Path(upload.filename or "cells").stem)[:100] or "cells"
         headers["Content-Disposition"] = f'attachment; filename="{stem}.annotated.h5ad"'
@@ -198,9 +215,14 @@ def _predict_upload(
             options["return_probabilities"],
             options["threshold"],
         )
+        align_upload(served, cells)
         annotation = annotate(served, request)
         if options["output_format"] == "h5ad":
-            return annotated_h5ad(cells, annotation.labels, annotation.confidence, Path(directory)), H5AD_MEDIA_TYPE, request.n_cells
+            record = served_record(served, request.threshold, annotation.alignment.report())
+            content = annotated_h5ad(
+                cells, annotation.labels, annotation.confidence, Path(directory), annotation.unknown_reason, record
+            )
+            return content, H5AD_MEDIA_TYPE, request.n_cells
         records = prediction_records(
             served,
             annotation,

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from model.novelty import (
+    HIDDEN,
+    INPUT,
+    LOGITS,
     LOW_CONFIDENCE,
     METHODS,
     UNLIKE_TRAINING,
@@ -18,6 +21,7 @@ from model.novelty import (
     energy_score,
     ledoit_wolf_covariance,
     max_softmax_score,
+    principal_components,
     unknown_reasons,
 )
 
@@ -105,20 +109,76 @@ def test_a_cells_score_does_not_depend_on_the_other_cells(known_and_novel) -> No
         np.testing.assert_allclose(together[len(validation) : len(validation) + 5], alone, rtol=1e-9)
 
 
+def as_mapping(features: np.ndarray) -> dict[str, np.ndarray]:
+    """Stand-ins for :func:`model.novelty.novelty_features`: the input, hidden features and 3 logits."""
+    return {INPUT: features, HIDDEN: 2.0 * features[:, ::-1], LOGITS: features[:, :3]}
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_state_round_trip_through_json_gives_the_same_scores(method, known_and_novel) -> None:
     train, labels, validation, novel = known_and_novel
-    features = train if method in ("mahalanobis", "knn") else train[:, :3]
     params = {"temperature": 0.7} if method in ("energy", "max_softmax") else {}
-    detector = NoveltyDetector.fit(method, features, labels, 3, **params)
-    detector.calibrate(validation[:, : features.shape[1]], 0.9)
+    params |= {"n_components": 4} if method == "input_pca" else {}
+    detector = NoveltyDetector.fit(method, as_mapping(train), labels, 3, **params)
+    detector.calibrate(as_mapping(validation), 0.9)
     metadata, arrays = detector.to_state()
     assert all(a.dtype == np.float32 for a in arrays.values())
     restored = NoveltyDetector.from_state(json.loads(json.dumps(metadata)), arrays)
     assert (restored.method, restored.input, restored.quantile) == (detector.method, detector.input, 0.9)
     assert restored.threshold == pytest.approx(detector.threshold)
-    probe = novel[:, : features.shape[1]]
+    probe = as_mapping(novel)
     np.testing.assert_allclose(restored.score(probe), detector.score(probe), rtol=1e-4, atol=1e-4)
+
+
+def test_input_pca_flags_an_unseen_cluster_in_input_space(known_and_novel) -> None:
+    train, labels, validation, novel = known_and_novel
+    detector = NoveltyDetector.fit("input_pca", as_mapping(train), labels, 3, n_components=5)
+    assert detector.input == INPUT
+    detector.calibrate(as_mapping(validation), quantile=0.95)
+    assert detector.is_novel(validation).mean() == pytest.approx(0.05, abs=0.01)
+    assert detector.is_novel(as_mapping(novel)).mean() > 0.95
+    together = detector.score(np.vstack([validation, novel]))
+    alone = np.array([detector.score(row[None, :])[0] for row in novel[:5]])
+    np.testing.assert_allclose(together[len(validation) : len(validation) + 5], alone, rtol=1e-9)
+
+
+def test_input_pca_keeps_the_top_principal_axes() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 6)) * np.array([5.0, 3.0, 1.0, 0.1, 0.1, 0.1])
+    center, axes = principal_components(x, 2)
+    np.testing.assert_allclose(center, x.mean(axis=0))
+    np.testing.assert_allclose(np.abs(axes), np.eye(6)[:, :2], atol=0.05)
+    assert principal_components(x, 50)[1].shape == (6, 6)
+
+
+def test_novelty_features_are_one_forward_pass() -> None:
+    torch = pytest.importorskip("torch")
+    from model.classifier import CellTypeClassifier, ClassifierConfig
+    from model.novelty import hidden_features, novelty_features
+
+    torch.manual_seed(0)
+    model = CellTypeClassifier(ClassifierConfig(n_genes=12, n_classes=3, hidden_sizes=(8, 5))).eval()
+    x = torch.rand(7, 12)
+    features = novelty_features(model, x)
+    torch.testing.assert_close(features[INPUT], model.standardize(x))
+    torch.testing.assert_close(features[HIDDEN], hidden_features(model, x))
+    torch.testing.assert_close(features[LOGITS], model(x))
+    for method in METHODS:  # every detector takes the mapping (tensors included) and picks its own input
+        params = {"temperature": 1.0} if method in ("energy", "max_softmax") else {}
+        params |= {"n_components": 3} if method == "input_pca" else {}
+        params |= {"k": 3} if method == "knn" else {}
+        detector = NoveltyDetector.fit(method, features, np.arange(7) % 3, 3, **params)
+        detector.calibrate(features, 0.9)
+        assert detector.score(features).shape == (7,)
+
+
+def test_missing_features_and_foreign_options_are_clear_errors(known_and_novel) -> None:
+    train, labels, _, _ = known_and_novel
+    detector = NoveltyDetector.fit("input_pca", as_mapping(train), labels, 3)
+    with pytest.raises(ValueError, match="lack 'input'"):
+        detector.score({HIDDEN: train})
+    with pytest.raises(ValueError, match="takes no option 'k'"):
+        NoveltyDetector.fit("mahalanobis", train, labels, 3, k=3)
 
 
 def test_uncalibrated_state_keeps_an_infinite_threshold(known_and_novel) -> None:

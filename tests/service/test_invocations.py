@@ -29,8 +29,10 @@ def assert_same_predictions(response, expected) -> None:
     predictions = response.json()["predictions"]
     assert [list(p) for p in predictions] == [list(e) for e in expected]
     for got, want in zip(predictions, expected, strict=True):
-        assert got["predicted_cell_type"] == want["predicted_cell_type"]
-        np.testing.assert_allclose([got[k] for k in list(want)[1:]], [want[k] for k in list(want)[1:]], atol=1e-7)
+        for text in ("predicted_cell_type", "unknown_reason"):
+            assert got[text] == want[text]
+        numbers = [k for k in want if k not in ("predicted_cell_type", "unknown_reason")]
+        np.testing.assert_allclose([got[k] for k in numbers], [want[k] for k in numbers], atol=1e-7)
 
 
 def test_dataframe_split(client, frame, expected):
@@ -39,6 +41,7 @@ def test_dataframe_split(client, frame, expected):
     assert list(client.post("/invocations", json=body).json()["predictions"][0]) == [
         "predicted_cell_type",
         "confidence",
+        "unknown_reason",
         *(f"prob_{c}" for c in CLASSES),
     ]
 

@@ -36,7 +36,7 @@ def test_predictions_match_the_in_process_predictor(client, predictor, counts):
 
 def test_optional_fields_are_returned_only_when_asked(client, counts):
     plain = client.post("/v1/predict", json=predict_body(counts[:2])).json()["predictions"][0]
-    assert set(plain) == {"label", "confidence"}
+    assert set(plain) == {"label", "confidence", "unknown_reason"}
     ids = [f"cell-{i}" for i in range(3)]
     rich = client.post(
         "/v1/predict", json=predict_body(counts[:3], cell_ids=ids, top_k=2, return_probabilities=True)

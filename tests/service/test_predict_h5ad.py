@@ -66,16 +66,18 @@ def test_csv_answer(client, predictor, adata, counts, tmp_path):
     response = upload(client, h5ad_bytes(adata, tmp_path), layer="counts", gene_column="symbol", format="csv")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
     table = pd.read_csv(io.StringIO(response.text))
-    assert list(table.columns) == ["cell_id", "predicted_cell_type", "confidence"]
+    assert list(table.columns) == ["cell_id", "predicted_cell_type", "confidence", "unknown_reason"]
     assert table["cell_id"].tolist() == list(adata.obs_names)
-    assert table["predicted_cell_type"].tolist() == predictor.predict(counts, GENES).tolist()
+    annotation = predictor.annotate(counts, GENES)
+    assert table["predicted_cell_type"].tolist() == annotation.labels.tolist()
+    assert table["unknown_reason"].fillna("").tolist() == annotation.unknown_reason.tolist()
 
 
 def test_csv_with_probabilities(client, adata, tmp_path):
     response = upload(client, h5ad_bytes(adata, tmp_path), layer="counts", gene_column="symbol", format="csv", return_probabilities="true")
     table = pd.read_csv(io.StringIO(response.text))
-    assert list(table.columns)[3:] == [f"probability:{c}" for c in CLASSES]
-    np.testing.assert_allclose(table.iloc[:, 3:].sum(axis=1), 1.0, atol=1e-5)
+    assert list(table.columns)[4:] == [f"probability:{c}" for c in CLASSES]
+    np.testing.assert_allclose(table.iloc[:, 4:].sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_annotated_h5ad_answer_keeps_the_data_and_adds_obs_columns(client, predictor, adata, counts, tmp_path):
@@ -88,6 +90,7 @@ def test_annotated_h5ad_answer_keeps_the_data_and_adds_obs_columns(client, predi
     annotation = predictor.annotate(counts, GENES)
     assert annotated.obs["predicted_cell_type"].astype(str).tolist() == annotation.labels.tolist()
     np.testing.assert_allclose(annotated.obs["confidence"].to_numpy(), annotation.confidence, atol=1e-7)
+    assert annotated.obs["unknown_reason"].astype(str).tolist() == annotation.unknown_reason.tolist()
     assert (annotated.layers["counts"] != adata.layers["counts"]).nnz == 0
     assert list(annotated.var["symbol"]) == GENES
 

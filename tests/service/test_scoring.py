@@ -14,10 +14,12 @@ import scipy.sparse as sp
 import service.scoring.inputs as scoring_inputs
 from model.bundle import UNKNOWN_LABEL, save_bundle
 from model.errors import GeneMismatchError, InputError, InputKindError
+from model.h5ad import H5adRows
+from model.novelty import UNKNOWN_REASONS
 from model.predict import Predictor
 from service.scoring import blocks, executors
 from service.scoring.job import ScoringJob, ScoringSummary, run_scoring
-from service.scoring_io import H5adRows, ScoringError
+from service.scoring_io import ScoringError
 from tests.factories import CLASSES, random_bundle, synthetic_adata
 
 MODEL_GENES = [f"G{i}" for i in range(60)]
@@ -141,6 +143,7 @@ def test_h5ad_output_keeps_the_file_and_adds_obs_columns(bundle_dir, counts_file
         "batch",
         "predicted_cell_type",
         "confidence",
+        "unknown_reason",
         "top1_label",
         "top1_prob",
         "top2_label",
@@ -155,6 +158,8 @@ def test_h5ad_output_keeps_the_file_and_adds_obs_columns(bundle_dir, counts_file
     )
     np.testing.assert_array_equal(annotated.obs["confidence"].to_numpy(), annotation.confidence)
     assert annotated.obs["confidence"].dtype == np.float32
+    assert list(annotated.obs["unknown_reason"].cat.categories) == list(UNKNOWN_REASONS)
+    np.testing.assert_array_equal(annotated.obs["unknown_reason"].astype(str), annotation.unknown_reason.astype(str))
     best = np.asarray(CLASSES)[annotation.probabilities.argmax(axis=1)]
     np.testing.assert_array_equal(annotated.obs["top1_label"].astype(str), best)
     np.testing.assert_array_equal(annotated.obs["top1_prob"].to_numpy(), annotation.confidence)
@@ -162,14 +167,16 @@ def test_h5ad_output_keeps_the_file_and_adds_obs_columns(bundle_dir, counts_file
     rescored = tmp_path / "rescored.h5ad"
     score(out, bundle_dir, rescored, top_k=0)
     columns = list(ad.read_h5ad(rescored).obs.columns)
-    assert columns.count("predicted_cell_type") == 1 and columns[-2:] == ["predicted_cell_type", "confidence"]
+    assert columns.count("predicted_cell_type") == 1 and columns[-3:] == [
+        "predicted_cell_type", "confidence", "unknown_reason"
+    ]
 
 
 def test_csv_output_and_per_class_columns(bundle_dir, counts_file, tmp_path):
     out = tmp_path / "scores.csv"
     score(counts_file, bundle_dir, out, top_k=len(CLASSES))
     table = pd.read_csv(out)
-    assert list(table.columns) == ["cell_id", "source_file", "predicted_cell_type", "confidence"] + [
+    assert list(table.columns) == ["cell_id", "source_file", "predicted_cell_type", "confidence", "unknown_reason"] + [
         f"probability:{c}" for c in CLASSES
     ]
     annotation, _ = reference(bundle_dir, counts_file)
@@ -185,7 +192,7 @@ def test_per_class_columns_in_h5ad_with_awkward_class_names(counts_file, tmp_pat
     score(counts_file, bundle_dir, out, top_k=5)
     obs = ad.read_h5ad(out).obs
     columns = ["probability:B_plasma", "probability:T_label", "probability:NK"]
-    assert list(obs.columns) == ["cell_type", "batch", "predicted_cell_type", "confidence"] + columns
+    assert list(obs.columns) == ["cell_type", "batch", "predicted_cell_type", "confidence", "unknown_reason"] + columns
     assert all(obs[c].dtype == np.float32 for c in columns)
     np.testing.assert_allclose(obs[columns].sum(axis=1), 1.0, rtol=1e-5)
     assert set(obs["predicted_cell_type"].cat.categories) == {"B/plasma", "T_label", "NK", UNKNOWN_LABEL}

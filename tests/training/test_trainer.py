@@ -248,7 +248,8 @@ def test_run_writes_the_output_contract_and_the_bundle_reproduces_validation(dat
     # the bundle, fed the raw counts of all genes, reproduces the validation predictions and probabilities
     validation = data.subset(run.split.validation)
     annotation = predictor.annotate(validation.X, validation.genes, input_kind="counts", threshold=0.0)
-    rescored = classification_scores(validation.labels, annotation.labels, predictor.classes, annotation.probabilities)
+    argmax = np.asarray(predictor.classes, dtype=object)[annotation.probabilities.argmax(axis=1)]
+    rescored = classification_scores(validation.labels, argmax, predictor.classes, annotation.probabilities)
     assert rescored["macro_f1"] == pytest.approx(metrics["validation"]["macro_f1"])
     assert rescored["ece"] == pytest.approx(metrics["calibration"]["ece_after"], abs=1e-6)
     model_data = data.select_genes(predictor.genes)
@@ -256,6 +257,15 @@ def test_run_writes_the_output_contract_and_the_bundle_reproduces_validation(dat
     with torch.no_grad():
         logits = model(torch.from_numpy(model_data.model_input(run.split.validation))).numpy()
     assert np.allclose(annotation.probabilities, softmax(logits, run.bundle.temperature), atol=1e-5)
+
+    # the Unknown checks: the novelty threshold is the config's quantile of these validation cells' scores
+    detector = predictor.bundle.novelty
+    assert detector is not None and detector.method == config.novelty_method
+    assert detector.quantile == config.novelty_quantile
+    assert detector.threshold == pytest.approx(np.quantile(annotation.novelty_score, config.novelty_quantile), rel=1e-4)
+    assert metrics["unknown_checks"]["novelty"]["threshold"] == pytest.approx(detector.threshold)
+    assert predictor.bundle.min_detected_genes == metrics["unknown_checks"]["min_detected_genes"] >= 1
+    assert set(annotation.unknown_reason) <= {"", "unlike_training", "too_few_genes"}
 
 
 def test_resume_keeps_the_early_stopping_state(data, tmp_path) -> None:
