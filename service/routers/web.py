@@ -8,6 +8,7 @@ internet.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -22,16 +24,20 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
+from model.novelty import UNKNOWN_REASONS
+from model.outputs import UNKNOWN_REASON_COLUMN
 from service.decoding.prediction_input import PredictionInput
 from service.deps import MetricsDep, RunnerDep, ServedModelDep, SettingsDep
 from service.errors import RequestInputError, unsupported_media_type
 from service.h5ad_io import H5AD_MEDIA_TYPE, H5adCells, annotated_h5ad, predictions_csv, read_h5ad_cells
 from service.inference import annotate, prediction_records
 from service.model_store import ServedModel
+from service.provenance_io import provenance_headers, served_record
 from service.routers import ERROR_RESPONSES, JSON_MEDIA_TYPE, media_type
 from service.settings import Settings
+from service.upload_genes import align_upload
 from service.web.csv_io import read_csv_cells
-from service.web.report import build_report
+from service.web.report import DECIMALS, build_report
 
 STATIC_DIR = Path(str(files("service.web") / "static"))
 """The page's own assets (index.html, app.js, app.css)."""
@@ -41,6 +47,8 @@ STATIC_URL = "/web"
 """Where the page's assets are served."""
 DOCS_ASSETS_URL = "/web/docs-assets"
 """Where the Swagger UI / ReDoc bundles are served."""
+NOVELTY_SCORE_KEY = "novelty_score"
+"""The report's per-cell novelty score (higher = less like the training cells; ``null`` without a novelty check)."""
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 """First bytes of an HDF5 (``.h5ad``) file."""
 PAGE_SECURITY_HEADERS = {
@@ -161,10 +169,12 @@ async def report(
     """Upload a file as the multipart field `file` (at most `max_cells_per_report` cells).
 
     The JSON report has `model`, `input` (the kind of values), `gene_overlap`, `n_cells`, `threshold`,
-    `unknown` (`count`, `share`), `counts` (cells per type, every type and Unknown, most frequent
-    first), `confidence_histogram` (`edges`, `counts`), `map` (PCA of the model's last hidden layer:
-    `x`, `y` and `cell` (row index) for at most 20,000 cells, `n_points`, `subsampled`,
-    `explained_variance`) and `cells` (`cell_id`, `label`, `confidence`, one entry per cell).
+    `unknown` (`count`, `share`, `reasons`: cells per reason, `checks`: the model's `min_detected_genes`,
+    `novelty` (`method`, `threshold`, `quantile`, or null) and `threshold`), `counts` (cells per type, every type
+    and Unknown, most frequent first), `confidence_histogram` (`edges`, `counts`), `map` (PCA of the model's
+    last hidden layer: `x`, `y` and `cell` (row index) for at most 20,000 cells, `n_points`, `subsampled`,
+    `explained_variance`) and `cells` (`cell_id`, `label`, `confidence`, `unknown_reason` (empty for a typed
+    cell), `novelty_score` (null without a novelty check), one entry per cell).
     """
     received = media_type(request)
     if received != "multipart/form-data":
@@ -176,7 +186,7 @@ async def report(
         options = {"output_format": output_format, "gene_column": gene_column, "input_kind": input_kind}
         content, content_type, n_cells = await runner.run(_report_upload, served, settings, upload, options)
     metrics.cells.labels("/v1/report").inc(n_cells)
-    headers = {}
+    headers = provenance_headers(served.summary)
     if output_format != "json":
         stem = _UNSAFE_FILENAME.sub("_", _stem(upload.filename or "cells"))[:100] or "cells"
         suffix = "annotated.h5ad" if output_format == "h5ad" else "predictions.csv"
@@ -214,6 +224,27 @@ def _read_upload(path: Path, filename: str, settings: Settings, options: dict[st
     )
 
 
+def _unknown_checks(served: ServedModel) -> dict[str, Any]:
+    """The model's Unknown checks, in the order they are applied: ``min_detected_genes``, ``novelty``
+    (``method``, ``threshold``, ``quantile``; ``None`` when the model has no novelty check) and ``threshold``
+    (the least top probability of a typed cell)."""
+    description = served.description
+    novelty = description.get("novelty")
+    return {
+        "min_detected_genes": description.get("min_detected_genes", 1),
+        "novelty": None
+        if novelty is None
+        else {key: novelty.get(key) for key in ("method", "threshold", "quantile")},
+        "threshold": served.predictor.threshold,
+    }
+
+
+def _novelty_scores(scores: np.ndarray) -> list[float | None]:
+    """Each cell's novelty score rounded like the confidences; ``None`` where there is none (NaN)."""
+    rounded = np.round(np.asarray(scores, dtype=np.float64), DECIMALS)
+    return [None if not math.isfinite(value) else value for value in rounded.tolist()]
+
+
 def _report_upload(
     served: ServedModel, settings: Settings, upload: UploadFile, options: dict[str, Any]
 ) -> tuple[bytes, str, int]:
@@ -224,26 +255,36 @@ def _report_upload(
             shutil.copyfileobj(upload.file, handle, 1 << 20)
         cells = _read_upload(path, upload.filename or "", settings, options)
         request = PredictionInput(cells.matrix, cells.genes, cells.cell_ids, cells.input_kind)
+        align_upload(served, cells)
         annotation = annotate(served, request)
         if options["output_format"] == "h5ad":
-            content = annotated_h5ad(cells, annotation.labels, annotation.confidence, Path(directory))
+            record = served_record(served, None, annotation.alignment.report())
+            content = annotated_h5ad(
+                cells, annotation.labels, annotation.confidence, Path(directory), annotation.unknown_reason, record
+            )
             return content, H5AD_MEDIA_TYPE, request.n_cells
         if options["output_format"] == "csv":
             records = prediction_records(served, annotation, cell_ids=cells.cell_ids)
             return predictions_csv(records, served.predictor.classes), "text/csv; charset=utf-8", request.n_cells
         predictor = served.predictor
         embedding = predictor.embed(cells.matrix, cells.genes, input_kind=cells.input_kind)
+        report = build_report(
+            labels=annotation.labels,
+            confidence=annotation.confidence,
+            embedding=embedding,
+            cell_ids=cells.cell_ids,
+            classes=predictor.classes,
+            threshold=predictor.threshold,
+        )
+        reasons = annotation.unknown_reason.astype(str)
+        report["unknown"]["reasons"] = {reason: int((reasons == reason).sum()) for reason in UNKNOWN_REASONS[1:]}
+        report["unknown"]["checks"] = _unknown_checks(served)
+        report["cells"][UNKNOWN_REASON_COLUMN] = reasons.tolist()
+        report["cells"][NOVELTY_SCORE_KEY] = _novelty_scores(annotation.novelty_score)
         payload = {
             "model": served.summary,
             "input": cells.input_kind,
             "gene_overlap": annotation.alignment.report(),
-            **build_report(
-                labels=annotation.labels,
-                confidence=annotation.confidence,
-                embedding=embedding,
-                cell_ids=cells.cell_ids,
-                classes=predictor.classes,
-                threshold=predictor.threshold,
-            ),
+            **report,
         }
         return orjson.dumps(payload), JSON_MEDIA_TYPE, request.n_cells

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.web.report import HISTOGRAM_BINS
-from tests.web.conftest import CLASSES, GENES, cells_csv_text, cells_h5ad
+from tests.web.conftest import CLASSES, GENES, MIN_DETECTED_GENES, cells_csv_text, cells_h5ad
 
 ClientFactory = Callable[..., TestClient]
 
@@ -100,10 +100,12 @@ def test_downloads_are_annotated_h5ad_and_csv(client: TestClient, tmp_path: Path
     assert 'filename="cells.annotated.h5ad"' in h5ad_answer.headers["content-disposition"]
     annotated = ad.read_h5ad(io.BytesIO(h5ad_answer.content))
     assert list(annotated.obs["predicted_cell_type"].astype(str)) == report["cells"]["label"]
+    assert list(annotated.obs["unknown_reason"].astype(str)) == report["cells"]["unknown_reason"]
+    assert report["unknown"]["count"] == sum(report["unknown"]["reasons"].values())
     csv_answer = post(client, "my cells.csv.gz", gzip.compress(cells_csv_text(60).encode()), format="csv")
     assert 'filename="my_cells.predictions.csv"' in csv_answer.headers["content-disposition"]
     lines = csv_answer.text.splitlines()
-    assert lines[0] == "cell_id,predicted_cell_type,confidence"
+    assert lines[0] == "cell_id,predicted_cell_type,confidence,unknown_reason"
     assert [line.split(",")[1] for line in lines[1:]] == report["cells"]["label"]
 
 
@@ -165,3 +167,32 @@ def test_wrong_content_type_and_missing_field(client: TestClient) -> None:
     assert_detail(client.post("/v1/report", json={"x": 1}), 415, "multipart/form-data")
     assert_detail(client.post("/v1/report", files={"other": ("c.csv", b"a")}), 422, "'file'")
     assert_detail(post(client, "c.csv", cells_csv_text(5).encode(), gene_column="symbol"), 422, ".h5ad files only")
+
+
+def test_report_says_why_each_cell_is_unknown(web_client: ClientFactory, checked_bundle_dir: Path) -> None:
+    client = web_client(model_uri=str(checked_bundle_dir))
+    text = cells_csv_text(80, seed=2, empty=[0, 41])
+    report = post(client, "cells.csv", text.encode()).json()
+    cells, unknown = report["cells"], report["unknown"]
+    assert cells["unknown_reason"][0] == cells["unknown_reason"][41] == "no_counts"
+    assert list(unknown["reasons"]) == ["no_counts", "too_few_genes", "unlike_training", "low_confidence"]
+    assert unknown["reasons"]["no_counts"] == 2 and sum(unknown["reasons"].values()) == unknown["count"]
+    for label, reason in zip(cells["label"], cells["unknown_reason"], strict=True):
+        assert (label == "Unknown") == (reason != "")
+    checks = unknown["checks"]
+    assert checks["min_detected_genes"] == MIN_DETECTED_GENES and checks["threshold"] == report["threshold"]
+    assert checks["novelty"]["method"] == "input_pca" and checks["novelty"]["quantile"] == pytest.approx(0.999)
+    scores = cells["novelty_score"]
+    assert len(scores) == 80 and all(isinstance(score, float) for score in scores)
+    for score, reason in zip(scores, cells["unknown_reason"], strict=True):
+        if reason == "":
+            assert score <= checks["novelty"]["threshold"]
+    model = client.get("/v1/model").json()
+    assert model["novelty"]["threshold"] == pytest.approx(checks["novelty"]["threshold"])
+
+
+def test_report_without_a_novelty_check_has_no_scores(client: TestClient) -> None:
+    report = post(client, "cells.csv", cells_csv_text(10, empty=[4]).encode()).json()
+    assert report["cells"]["novelty_score"] == [None] * 10
+    assert report["unknown"]["checks"] == {"min_detected_genes": 1, "novelty": None, "threshold": report["threshold"]}
+    assert report["cells"]["unknown_reason"][4] == "no_counts" and report["unknown"]["reasons"]["unlike_training"] == 0

@@ -11,6 +11,8 @@ const PALETTE = [
   "#7b4173", "#3182bd", "#e6550d", "#31a354",
 ];
 const SVG_NS = "http://www.w3.org/2000/svg";
+// Why a cell is Unknown, in the order the model checks (a cell gets the first that applies).
+const REASONS = ["no_counts", "too_few_genes", "unlike_training", "low_confidence"];
 
 const state = {
   model: null,
@@ -20,6 +22,7 @@ const state = {
   colors: new Map(),
   matches: [],
   page: 0,
+  sort: { key: null, direction: 1 },
 };
 
 const $ = (id) => document.getElementById(id);
@@ -144,6 +147,17 @@ function percent(share) {
   return `${(100 * share).toFixed(1)} %`;
 }
 
+// A novelty score for people: two decimals (none for very large scores); "" when there is none.
+function formatScore(value) {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "";
+  return Math.abs(value) >= 1000 ? value.toFixed(0) : value.toFixed(2);
+}
+
+// 0.999 -> "99.9th"
+function percentile(quantile) {
+  return `${Number((100 * quantile).toFixed(2))}th`;
+}
+
 function clear(node) {
   while (node.firstChild) node.removeChild(node.firstChild);
 }
@@ -230,6 +244,15 @@ function modelName(model) {
   return parts.length ? parts[parts.length - 1] : "(unnamed bundle)";
 }
 
+function noveltyText(novelty) {
+  if (novelty === undefined) return null;
+  if (!novelty || !novelty.method) return "none: this model cannot flag cells unlike its training data";
+  if (novelty.threshold === null || novelty.threshold === undefined) return `${novelty.method} (no threshold: flags no cell)`;
+  const where = typeof novelty.quantile === "number"
+    ? ` (the ${percentile(novelty.quantile)} percentile of validation cells from the training labs)` : "";
+  return `${novelty.method}: Unknown above a score of ${formatScore(novelty.threshold)}${where}`;
+}
+
 function renderModel(model) {
   state.model = model;
   const name = el("span", modelName(model));
@@ -248,6 +271,8 @@ function renderModel(model) {
     ["Held-out scores", scoresText(model.holdout_scores)],
     ["Genes", model.n_genes],
     ["Unknown below confidence", model.unknown_threshold],
+    ["Unknown if fewer genes detected than", model.min_detected_genes],
+    ["Novelty check (unlike training)", noveltyText(model.novelty)],
     ["Trained", model.trained_at],
     ["Largest upload", formatBytes(model.expected_input.max_body_bytes)],
   ]);
@@ -354,6 +379,99 @@ async function download(format) {
 }
 
 // ----------------------------------------------------------------------------------------------
+// Why cells are Unknown
+// ----------------------------------------------------------------------------------------------
+
+// The model's Unknown checks: from the report, else from the model card.
+function unknownChecks(report) {
+  const checks = (report && report.unknown && report.unknown.checks) || {};
+  const model = state.model || {};
+  return {
+    minDetectedGenes: checks.min_detected_genes !== undefined ? checks.min_detected_genes : model.min_detected_genes,
+    novelty: checks.novelty !== undefined ? checks.novelty : model.novelty,
+    threshold: checks.threshold !== undefined ? checks.threshold : report ? report.threshold : model.unknown_threshold,
+  };
+}
+
+function noveltyChecked(checks) {
+  return Boolean(checks.novelty && checks.novelty.method);
+}
+
+// One line of plain language per reason.
+function reasonExplanation(reason, checks) {
+  switch (reason) {
+    case "no_counts":
+      return "the cell has no counts over the model's genes (empty droplet or failed library)";
+    case "too_few_genes":
+      return `fewer detected model genes than the model's minimum (${checks.minDetectedGenes ?? "?"})`;
+    case "unlike_training": {
+      const text = "unlike every cell type the model was trained on — possibly a type the reference lacks";
+      if (!noveltyChecked(checks)) return `${text}; not checked: this model has no novelty detector`;
+      const limit = checks.novelty.threshold;
+      return limit === null || limit === undefined ? text : `${text} (novelty score above ${formatScore(limit)})`;
+    }
+    case "low_confidence":
+      return `the best type's probability is below the threshold (${checks.threshold})`;
+    default:
+      return reason;
+  }
+}
+
+function renderReasons(report) {
+  const box = $("unknown-reasons");
+  const reasons = report.unknown.reasons;
+  box.hidden = !reasons;
+  if (!reasons) return;
+  const checks = unknownChecks(report);
+  const count = report.unknown.count;
+  $("reasons-title").textContent = count === 0 ? "No cell is Unknown"
+    : `Why ${count.toLocaleString("en")} ${count === 1 ? "cell is" : "cells are"} Unknown`;
+  const body = $("reasons-table").tBodies[0];
+  clear(body);
+  const order = [...REASONS, ...Object.keys(reasons).filter((reason) => !REASONS.includes(reason))];
+  for (const reason of order) {
+    if (!(reason in reasons)) continue;
+    const n = reasons[reason];
+    const notChecked = reason === "unlike_training" && !noveltyChecked(checks) && n === 0;
+    const tr = el("tr", null, n > 0 ? "has-cells" : "no-cells");
+    tr.dataset.reason = reason;
+    const name = el("td");
+    if (n > 0) {
+      const button = el("button", reason, "link reason-link");
+      button.type = "button";
+      button.title = `list the ${n.toLocaleString("en")} cells Unknown for this reason`;
+      button.addEventListener("click", () => showReason(reason));
+      name.appendChild(button);
+    } else {
+      name.appendChild(el("code", reason));
+    }
+    tr.appendChild(name);
+    tr.appendChild(el("td", notChecked ? "—" : n.toLocaleString("en"), "num reason-count"));
+    tr.appendChild(el("td", reasonExplanation(reason, checks), "reason-text"));
+    body.appendChild(tr);
+  }
+  $("reasons-note").textContent = "Each Unknown cell is counted once, under the first of these checks it fails (in this order)." +
+    (count > 0 ? " Click a reason to list its cells." : "");
+
+  const filter = $("reason-filter");
+  while (filter.options.length > 3) filter.remove(3);
+  for (const reason of order) {
+    if (!(reason in reasons)) continue;
+    const option = el("option", `Unknown: ${reason} (${reasons[reason].toLocaleString("en")})`);
+    option.value = reason;
+    filter.appendChild(option);
+  }
+  filter.value = "all";
+}
+
+function showReason(reason) {
+  $("reason-filter").value = reason;
+  $("cell-search").value = "";
+  filterCells();
+  $("cells-title").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+// ----------------------------------------------------------------------------------------------
 // Results
 // ----------------------------------------------------------------------------------------------
 
@@ -365,17 +483,18 @@ function renderReport(report, filename) {
   fillFacts($("summary"), [
     ["Cells", report.n_cells.toLocaleString("en")],
     ["Values read as", report.input === "counts" ? "raw counts" : "log-normalized"],
-    ["Unknown (confidence below " + report.threshold + ")",
-      `${report.unknown.count.toLocaleString("en")} cells (${percent(report.unknown.share)})`],
+    ["Unknown", `${report.unknown.count.toLocaleString("en")} cells (${percent(report.unknown.share)})`],
     ["Model", [modelName(report.model), report.model.version && `v${report.model.version}`, report.model.alias]
       .filter(Boolean).join(" ")],
   ]);
+  renderReasons(report);
   renderOverlap(report.gene_overlap);
   renderCounts(report.counts, report.n_cells);
   renderHistogram(report.confidence_histogram, report.threshold);
   renderMap(report.map, report.cells.label, unknownLabel);
   $("cell-search").value = "";
-  filterCells("");
+  state.sort = { key: null, direction: 1 };
+  filterCells();
   $("results").hidden = false;
 }
 
@@ -464,7 +583,7 @@ function renderHistogram(histogram, threshold) {
   chart.appendChild(svg("line", { x1: tx, y1: top, x2: tx, y2: top + plotHeight, class: "threshold" }));
   const labelRight = threshold > 0.6;
   chart.appendChild(svg("text", { x: labelRight ? tx - 4 : tx + 4, y: top + 12, "text-anchor": labelRight ? "end" : "start" },
-    `Unknown below ${threshold}`));
+    `Unknown (low_confidence) below ${threshold}`));
   const holder = $("histogram");
   clear(holder);
   holder.appendChild(chart);
@@ -544,22 +663,97 @@ function renderMap(map, labels, unknownLabel) {
 // Cell table: search and pages
 // ----------------------------------------------------------------------------------------------
 
-function filterCells(query) {
+function reasonOf(index) {
+  const reasons = state.report.cells.unknown_reason;
+  return reasons ? reasons[index] || "" : "";
+}
+
+function noveltyOf(index) {
+  const scores = state.report.cells.novelty_score;
+  const value = scores ? scores[index] : null;
+  return value === null || value === undefined ? null : value;
+}
+
+// Cells matching the search box (cell id, type or reason) and the "Show" choice, in the chosen order.
+function filterCells() {
   const cells = state.report.cells;
-  const needle = query.trim().toLowerCase();
+  const needle = $("cell-search").value.trim().toLowerCase();
+  const show = $("reason-filter").value;
+  const unknownLabel = (state.model && state.model.unknown_label) || "Unknown";
   const matches = [];
   for (let i = 0; i < cells.cell_id.length; i += 1) {
-    if (!needle || cells.cell_id[i].toLowerCase().includes(needle) || cells.label[i].toLowerCase().includes(needle)) {
+    const reason = reasonOf(i);
+    const unknown = cells.label[i] === unknownLabel;
+    if (show === "typed" && unknown) continue;
+    if (show === "unknown" && !unknown) continue;
+    if (show !== "all" && show !== "typed" && show !== "unknown" && reason !== show) continue;
+    if (!needle || cells.cell_id[i].toLowerCase().includes(needle) || cells.label[i].toLowerCase().includes(needle) ||
+        (reason && reason.toLowerCase().includes(needle))) {
       matches.push(i);
     }
   }
-  state.matches = matches;
+  state.matches = sortCells(matches);
+  state.page = 0;
+  renderCellPage();
+}
+
+const TEXT_ORDER = new Intl.Collator("en", { numeric: true, sensitivity: "base" });
+
+// Sorted copy of ``indices`` by state.sort; missing values (no score, no reason) always last; ties in file order.
+function sortCells(indices) {
+  const { key, direction } = state.sort;
+  if (!key) return indices;
+  const cells = state.report.cells;
+  let value;
+  let compare;
+  if (key === "cell_id" || key === "label") {
+    value = (i) => cells[key][i];
+    compare = (a, b) => TEXT_ORDER.compare(a, b);
+  } else if (key === "confidence") {
+    value = (i) => cells.confidence[i];
+    compare = (a, b) => a - b;
+  } else if (key === "novelty_score") {
+    value = noveltyOf;
+    compare = (a, b) => a - b;
+  } else {
+    value = (i) => {
+      const reason = reasonOf(i);
+      if (!reason) return null;
+      const rank = REASONS.indexOf(reason);
+      return rank < 0 ? REASONS.length : rank;
+    };
+    compare = (a, b) => a - b;
+  }
+  return indices.slice().sort((a, b) => {
+    const va = value(a);
+    const vb = value(b);
+    if (va === null && vb === null) return a - b;
+    if (va === null) return 1;
+    if (vb === null) return -1;
+    return direction * compare(va, vb) || a - b;
+  });
+}
+
+function sortBy(key) {
+  if (state.sort.key === key) {
+    state.sort.direction = -state.sort.direction;
+  } else {
+    // Numbers start with the largest (most confident, most novel), words with A.
+    state.sort = { key, direction: key === "confidence" || key === "novelty_score" ? -1 : 1 };
+  }
+  for (const th of $("cells-table").tHead.rows[0].cells) {
+    const sorted = th.dataset.key === state.sort.key;
+    th.setAttribute("aria-sort", sorted ? (state.sort.direction > 0 ? "ascending" : "descending") : "none");
+  }
+  state.matches = sortCells(state.matches);
   state.page = 0;
   renderCellPage();
 }
 
 function renderCellPage() {
   const cells = state.report.cells;
+  const checks = unknownChecks(state.report);
+  const limit = noveltyChecked(checks) ? checks.novelty.threshold : null;
   const pages = Math.max(1, Math.ceil(state.matches.length / PAGE_SIZE));
   state.page = Math.min(Math.max(0, state.page), pages - 1);
   const start = state.page * PAGE_SIZE;
@@ -575,6 +769,24 @@ function renderCellPage() {
     type.appendChild(document.createTextNode(` ${cells.label[index]}`));
     tr.appendChild(type);
     tr.appendChild(el("td", cells.confidence[index].toFixed(3), "num"));
+    const score = noveltyOf(index);
+    const novelty = el("td", formatScore(score), "num novelty");
+    if (score === null) {
+      novelty.textContent = "—";
+      novelty.title = "no novelty score: this model has no novelty check";
+    } else if (typeof limit === "number" && score > limit) {
+      novelty.classList.add("over");
+      novelty.title = `above the model's novelty threshold (${formatScore(limit)})`;
+    }
+    tr.appendChild(novelty);
+    const reason = reasonOf(index);
+    const why = el("td", null, "reason");
+    if (reason) {
+      const tag = el("span", reason, `reason-tag reason-${reason}`);
+      tag.title = reasonExplanation(reason, checks);
+      why.appendChild(tag);
+    }
+    tr.appendChild(why);
     body.appendChild(tr);
   }
   $("cells-count").textContent = `${state.matches.length.toLocaleString("en")} of ${cells.cell_id.length.toLocaleString("en")} cells`;
@@ -622,8 +834,13 @@ function wire() {
   let searchTimer = null;
   $("cell-search").addEventListener("input", (event) => {
     clearTimeout(searchTimer);
-    searchTimer = setTimeout(() => filterCells(event.target.value), 150);
+    searchTimer = setTimeout(() => filterCells(), 150);
   });
+  $("reason-filter").addEventListener("change", () => { if (state.report) filterCells(); });
+  for (const th of $("cells-table").tHead.rows[0].cells) {
+    const button = th.querySelector("button.sort");
+    if (button) button.addEventListener("click", () => { if (state.report) sortBy(th.dataset.key); });
+  }
   $("page-prev").addEventListener("click", () => { state.page -= 1; renderCellPage(); });
   $("page-next").addEventListener("click", () => { state.page += 1; renderCellPage(); });
   $("download-h5ad").addEventListener("click", () => download("h5ad"));
