@@ -1,8 +1,10 @@
 """Data-parallel training over several processes: ``celltype train --nproc N`` or your own ``torchrun``.
 
-Every rank loads the data, makes the same split, gene selection and initial weights (same seed; the
-weights are also broadcast from rank 0), and trains on its own shard of the training cells (the
-samplers deal each epoch's cells or mini-batches to the ranks; ``batch_size`` is per rank). After each
+Every rank loads the data (in memory or left on disk as ``data_mode`` chooses, each rank then reading
+its mini-batches from the files: :mod:`training.streaming`), makes the same split, gene selection and
+initial weights (same seed; the weights are also broadcast from rank 0), and trains on its own shard
+of the training cells (the samplers deal each epoch's cells or mini-batches to the ranks;
+``batch_size`` is per rank). After each
 backward pass the gradients are averaged over the ranks in one flat all-reduce (what
 DistributedDataParallel does, without its module wrapper, so the model's state dict keeps its names);
 backend gloo on CPU, NCCL on CUDA. Only rank 0 writes checkpoints, the output directory and the ONE
@@ -49,11 +51,10 @@ import torch.distributed as dist
 from torch import nn
 
 from model.batchrenorm import BatchRenorm1d
-from model.errors import CellTypeError, InputError
+from model.errors import EXIT_INPUT, CellTypeError, InputError
 from training.config import TrainConfig
 from training.pipeline import train_model
 from training.run import (
-    EXIT_INPUT,
     EXIT_OK,
     TrainRequest,
     add_train_arguments,
@@ -61,6 +62,7 @@ from training.run import (
     request_from_args,
     write_and_publish,
 )
+from training.streaming import streaming_setup
 from training.strict_json import json_ready
 
 DIST_NORM_MODES = ("local", "sync")
@@ -228,6 +230,22 @@ class DataParallel:
         trainer.gradient_hook = hook
 
 
+def rank_setup(data: Any, config: TrainConfig, parallel: DataParallel) -> Callable[[Any], None]:
+    """The ``configure_trainer`` of one rank: the data-mode setup of one process
+    (:func:`training.streaming.streaming_setup`: block sampler and background reading when the data is
+    read from disk, ``data_mode``), then :class:`DataParallel`. The streamed sampler keeps the rank's
+    shard (``rank``/``world_size``): each rank makes only its own mini-batches' inputs (reading the
+    windows they come from)."""
+    streaming = streaming_setup(data, config.sampler_block_rows)
+
+    def configure(trainer: Any) -> None:
+        if streaming is not None:
+            streaming(trainer)
+        parallel(trainer)
+
+    return configure
+
+
 # -- launching ------------------------------------------------------------------------------------
 
 
@@ -316,7 +334,7 @@ def run_distributed(spec: dict[str, Any]) -> int:
         run = train_model(
             config, data, datasets=request.data, out_dir=request.out if rank == 0 else None,
             progress=request.progress and rank == 0, rank=rank, world_size=world_size,
-            configure_trainer=parallel,
+            configure_trainer=rank_setup(data, config, parallel),
         )
         difference = replica_difference(run.bundle.state_dict)
         if difference > REPLICA_TOLERANCE:
