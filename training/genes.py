@@ -18,10 +18,15 @@ to vary among the cells of many labs to be chosen:
    broken deterministically), and the first ``n_top`` are returned.
 
 ``hvg_pooled`` is the same computation with all cells as one batch, for comparison. Statistics are
-accumulated over row chunks of the CSR matrix (never densified). The result depends only on the data.
+accumulated over chunks of :data:`STATS_ROWS` rows (never densified), in one streaming pass: from the
+CSR matrix in memory, or read from the files block by block for data left on disk
+(:class:`training.streaming.DiskLabeledData`); both give the same sums in the same order, hence the
+same genes. The result depends only on the data.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +34,7 @@ import scipy.sparse as sp
 from model.errors import InputError
 from model.preprocessing import log_normalize_sparse
 from training.data import LabeledData
+from training.streaming import DiskLabeledData
 
 GENE_SELECTION_METHODS = ("hvg_batch_aware", "hvg_pooled")
 """The methods :func:`select_genes` understands."""
@@ -39,11 +45,12 @@ MIN_BATCH_CELLS = 10
 N_MEAN_BINS = 20
 """Mean-expression bins within which dispersions are standardized."""
 
-_CHUNK_NNZ = 1 << 24
+STATS_ROWS = 4096
+"""Rows per chunk of the streaming statistics pass (fixed, so that memory and disk sum alike)."""
 
 
 def select_genes(
-    data: LabeledData,
+    data: LabeledData | DiskLabeledData,
     n_top: int | None = 2000,
     method: str = "hvg_batch_aware",
     *,
@@ -53,7 +60,7 @@ def select_genes(
     """The ``n_top`` most informative genes of ``data``, best first (see the module docstring).
 
     Args:
-        data: the training cells.
+        data: the training cells, in memory or on disk (read once, in row blocks).
         n_top: how many genes to return; ``None`` returns every eligible gene, ranked. Fewer are
             returned when fewer genes are eligible.
         method: one of :data:`GENE_SELECTION_METHODS`.
@@ -75,7 +82,9 @@ def select_genes(
         codes = np.unique(data.batches, return_inverse=True)[1].reshape(-1)
     n_batches = int(codes.max()) + 1 if codes.size else 0
     target_sum = data.preprocessing.target_sum
-    sums, squares, detected = _batch_statistics(data.X, codes, n_batches, data.input_kind, target_sum)
+    sums, squares, detected = _batch_statistics(
+        _row_chunks(data), codes, n_batches, data.n_genes, data.input_kind, target_sum
+    )
     sizes = np.bincount(codes, minlength=n_batches)
     large = np.flatnonzero(sizes >= MIN_BATCH_CELLS)
     if large.size == 0:
@@ -107,17 +116,25 @@ def select_genes(
     return [data.genes[i] for i in candidates[best]]
 
 
+def _row_chunks(data: LabeledData | DiskLabeledData) -> Iterator[sp.csr_matrix]:
+    """``data``'s rows in order, :data:`STATS_ROWS` at a time, as CSR matrices."""
+    if isinstance(data, DiskLabeledData):
+        yield from data.row_blocks(STATS_ROWS)
+        return
+    for start in range(0, data.n_cells, STATS_ROWS):
+        yield data.X[start : start + STATS_ROWS]
+
+
 def _batch_statistics(
-    X: sp.csr_matrix, codes: np.ndarray, n_batches: int, input_kind: str, target_sum: float
+    chunks: Iterable[sp.csr_matrix], codes: np.ndarray, n_batches: int, n_genes: int, input_kind: str,
+    target_sum: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per batch and gene: sum and sum of squares of the log-normalized values, and detection count."""
-    n_cells, n_genes = X.shape
     sums = np.zeros(n_batches * n_genes)
     squares = np.zeros(n_batches * n_genes)
     detected = np.zeros(n_batches * n_genes, dtype=np.int64)
-    rows_per_chunk = max(1, int(_CHUNK_NNZ * n_cells / max(X.nnz, 1)))
-    for start in range(0, n_cells, rows_per_chunk):
-        chunk = X[start : start + rows_per_chunk]
+    start = 0
+    for chunk in chunks:
         if input_kind == "counts":
             chunk = log_normalize_sparse(chunk, target_sum, np.float64)
         lengths = np.diff(chunk.indptr)
@@ -128,6 +145,7 @@ def _batch_statistics(
         sums += np.bincount(keys, weights=values, minlength=size)
         squares += np.bincount(keys, weights=values * values, minlength=size)
         detected += np.bincount(keys[nonzero], minlength=size)
+        start += chunk.shape[0]
     shape = (n_batches, n_genes)
     return sums.reshape(shape), squares.reshape(shape), detected.reshape(shape)
 

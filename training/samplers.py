@@ -16,6 +16,15 @@ incomplete trailing batch when ``drop_last``).
   ``interleave=True``, the labs' mini-batches are shuffled together).
 - :class:`ClassBalancedSampler` (``"class_balanced"``): cell types drawn about equally often, small
   types with replacement.
+
+Block mode (``block_rows=B``, for data read from disk, :mod:`training.streaming`): the shuffled and
+lab-homogeneous samplers then shuffle contiguous blocks of ``B`` rows instead of single rows. The rows
+(or a lab's rows) are cut into blocks of consecutive row positions; the blocks are shuffled, taken
+``window_blocks`` at a time, and each such window's rows are shuffled among themselves; the epoch's
+order is the windows one after the other, cut into mini-batches as without blocks (so the number of
+mini-batches is the same). :meth:`Sampler.windows` names each window's rows, in the order they are
+used, so a reader can load them window by window. The draws differ from those without blocks: a
+mini-batch mixes the cells of ``window_blocks`` blocks, not of the whole data.
 """
 
 from __future__ import annotations
@@ -103,25 +112,70 @@ class Sampler(ABC):
     def __len__(self) -> int:
         """Mini-batches per epoch on each rank."""
 
+    def windows(self, epoch: int) -> list[np.ndarray] | None:
+        """The rows of ``epoch`` grouped by the contiguous blocks they are read in, in order of use;
+        ``None`` when the sampler draws rows one by one (no block mode)."""
+        return None
+
     def _shard(self, rows: np.ndarray) -> np.ndarray:
         """This rank's share of an epoch-wide order of rows (the remainder of a division by world_size is dropped)."""
         usable = len(rows) - len(rows) % self.world_size
         return rows[self.rank : usable : self.world_size]
 
 
-class ShuffledSampler(Sampler):
-    """Every cell once per epoch (on one rank), in an order shuffled across labs."""
+class _BlockMixin:
+    """The ``block_rows``/``window_blocks`` options of the block-mode samplers (see the module docstring)."""
+
+    def _init_blocks(self, block_rows: int | None, window_blocks: int) -> None:
+        if block_rows is not None and block_rows < 1:
+            raise ValueError(f"block_rows must be a positive number of rows or None (got {block_rows})")
+        if window_blocks < 1:
+            raise ValueError(f"window_blocks must be >= 1 (got {window_blocks})")
+        self.block_rows = block_rows
+        self.window_blocks = window_blocks
+
+    def _block_windows(self, rng: np.random.Generator, positions: np.ndarray) -> list[np.ndarray]:
+        """``positions`` in shuffled windows of ``window_blocks`` shuffled blocks (see the module docstring)."""
+        size = int(self.block_rows or 1)
+        blocks = [positions[i : i + size] for i in range(0, len(positions), size)]
+        chosen = rng.permutation(len(blocks))
+        step = self.window_blocks
+        return [
+            rng.permutation(np.concatenate([blocks[b] for b in chosen[w : w + step]]))
+            for w in range(0, len(chosen), step)
+        ]
+
+
+class ShuffledSampler(_BlockMixin, Sampler):
+    """Every cell once per epoch (on one rank), in an order shuffled across labs.
+
+    With ``block_rows``, shuffled in blocks of contiguous rows (see the module docstring).
+    """
+
+    def __init__(self, *args: Any, block_rows: int | None = None, window_blocks: int = 16, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_blocks(block_rows, window_blocks)
+
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        rng = _rng(self.seed, epoch)
+        if self.block_rows is None:
+            return [rng.permutation(self.n_rows)]
+        return self._block_windows(rng, np.arange(self.n_rows))
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's mini-batches of ``epoch``."""
-        order = _rng(self.seed, epoch).permutation(self.n_rows)
+        order = np.concatenate(self._plan(epoch))
         return _split(self._shard(order), self.batch_size, self.drop_last)
+
+    def windows(self, epoch: int) -> list[np.ndarray] | None:
+        """The epoch's windows of blocks (``None`` without ``block_rows``)."""
+        return None if self.block_rows is None else self._plan(epoch)
 
     def __len__(self) -> int:
         return _n_batches(self.n_rows // self.world_size, self.batch_size, self.drop_last)
 
 
-class LabHomogeneousSampler(Sampler):
+class LabHomogeneousSampler(_BlockMixin, Sampler):
     """Every mini-batch from one lab; each cell once per epoch (on one rank).
 
     Each lab's cells are shuffled and cut into mini-batches. The labs then follow one another in a
@@ -130,23 +184,45 @@ class LabHomogeneousSampler(Sampler):
     mini-batch and is skipped. The epoch's mini-batches are dealt to the ranks in turn (trailing ones
     that would leave ranks unequal are dropped), so at each step the ranks see the same or
     neighbouring labs.
+
+    With ``block_rows`` (and ``interleave=False``), each lab's rows are shuffled in blocks of
+    contiguous rows (see the module docstring): contiguous on disk when each lab's cells are stored
+    together (one file per lab, or a file sorted by lab).
     """
 
-    def __init__(self, *args: Any, interleave: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, interleave: bool = False, block_rows: int | None = None, window_blocks: int = 16,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.interleave = interleave
+        self._init_blocks(block_rows, window_blocks)
 
-    def _all_batches(self, epoch: int) -> list[np.ndarray]:
+    def _plan(self, epoch: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+        """The epoch's mini-batches (all ranks) and, per lab in order of use, the lab's windows."""
         rng = _rng(self.seed, epoch)
         n_labs = int(self.batch_codes.max()) + 1
-        per_lab = [
-            _split(rng.permutation(np.flatnonzero(self.batch_codes == lab)), self.batch_size, self.drop_last)
-            for lab in range(n_labs)
-        ]
+        blocked = self.block_rows is not None and not self.interleave
+        windows: list[list[np.ndarray]] = []
+        per_lab = []
+        for lab in range(n_labs):
+            members = np.flatnonzero(self.batch_codes == lab)
+            windows.append(self._block_windows(rng, members) if blocked else [rng.permutation(members)])
+            per_lab.append(_split(np.concatenate(windows[-1]), self.batch_size, self.drop_last))
         if self.interleave:
             pooled = [b for lab_batches in per_lab for b in lab_batches]
-            return [pooled[i] for i in rng.permutation(len(pooled))]
-        return [b for lab in rng.permutation(n_labs) for b in per_lab[lab]]
+            return [pooled[i] for i in rng.permutation(len(pooled))], windows
+        labs = rng.permutation(n_labs)
+        return [b for lab in labs for b in per_lab[lab]], [windows[lab] for lab in labs]
+
+    def _all_batches(self, epoch: int) -> list[np.ndarray]:
+        return self._plan(epoch)[0]
+
+    def windows(self, epoch: int) -> list[np.ndarray] | None:
+        """The epoch's windows of blocks, lab after lab (``None`` without ``block_rows`` or with ``interleave``)."""
+        if self.block_rows is None or self.interleave:
+            return None
+        return [w for lab_windows in self._plan(epoch)[1] for w in lab_windows]
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's mini-batches of ``epoch``."""

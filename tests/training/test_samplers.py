@@ -180,3 +180,21 @@ def test_sampler_invariants(n, n_labs, n_classes, batch_size, world_size, drop_l
         assert len(np.unique(rows)) == len(rows)
     if world_size == 1 and not drop_last and name == "shuffled" and n >= 2:
         np.testing.assert_array_equal(np.sort(rows), np.arange(n))
+
+
+@pytest.mark.parametrize("name", ["shuffled", "lab_homogeneous"])
+def test_block_mode_draws_every_cell_once_from_windows_of_contiguous_blocks(name: str) -> None:
+    batches_of = np.repeat(["a", "b", "c"], [500, 300, 203])
+    labels = np.tile(["x", "y"], 502)[: len(batches_of)]
+    sampler = make_sampler(name, labels, batches_of, 32, seed=4, block_rows=50, window_blocks=3)
+    plain = make_sampler(name, labels, batches_of, 32, seed=4)
+    batches = sampler.batches(0)
+    windows = sampler.windows(0)
+    assert len(batches) == len(sampler) == len(plain)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(labels)))
+    assert np.array_equal(np.concatenate(windows), np.concatenate(batches))  # windows in order of use
+    for window in windows:
+        runs = np.split(np.sort(window), np.flatnonzero(np.diff(np.sort(window)) > 1) + 1)
+        assert len(runs) <= 3 and all(len(run) <= 150 for run in runs)
+    assert plain.windows(0) is None
+    assert not np.array_equal(np.concatenate(batches), np.concatenate(plain.batches(0)))
