@@ -95,7 +95,8 @@ class TrainConfig:
     Unknown checks stored in the bundle (:mod:`training.unknown`):
         novelty_method: the novelty scorer (:data:`model.novelty.METHODS`, default
             :data:`model.novelty.DEFAULT_METHOD`; ``none``: no novelty check), fitted on the training
-            cells' last hidden layer.
+            cells' features (:func:`model.novelty.novelty_features`: standardized input, last hidden
+            layer, logits; each scorer takes its own).
         novelty_quantile: its threshold is this quantile of the scores of the validation cells
             (training labs only).
         min_genes_quantile: ``min_detected_genes`` is this quantile of the number of detected model
