@@ -39,6 +39,8 @@ DATASETS = ("cellbench", "muscat_kang", "symphony_pbmc", "scannotate_pbmc", "scc
 PEERS = ("logreg", "celltypist")
 TIE_PP = 0.5
 """Differences within this many percentage points of macro-F1 are ties."""
+GOAL_PP = 1.0
+"""The accuracy goal: mean held-out macro-F1 over the sets at least this many points above CellTypist."""
 SECTION = ("<!-- lobo:start -->", "<!-- lobo:end -->")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +178,26 @@ def dataset_summary(result: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     return summary
 
 
+def accuracy_goal_lines(summaries: dict[str, dict[str, Any]], names: dict[str, str]) -> list[str]:
+    """The accuracy goal against CellTypist: mean over the sets ≥ +1 pp, no set more than 0.5 pp below."""
+    sets = [n for n, s in summaries.items() if "celltypist" in s]
+    if not sets:
+        return []
+    ours = float(np.mean([summaries[n]["ours"] for n in sets]))
+    peer = float(np.mean([summaries[n]["celltypist"] for n in sets]))
+    below = [f"{n} {100 * (summaries[n]['ours'] - summaries[n]['celltypist']):+.1f} pp" for n in sets
+             if 100 * (summaries[n]["ours"] - summaries[n]["celltypist"]) < -TIE_PP]
+    gain = 100 * (ours - peer)
+    return [
+        f"- Mean over the {len(sets)} sets: ours {ours:.4f}, {names['celltypist']} {peer:.4f} ({gain:+.2f} pp)."
+        f" Goal (≥ +{GOAL_PP:.0f} pp, no set more than {TIE_PP} pp below): "
+        + ("met." if gain >= GOAL_PP and not below else
+           "**not met**" + (f": {gain:+.2f} pp on average" if gain < GOAL_PP else "")
+           + (f"; below by more than {TIE_PP} pp: {', '.join(below)}." if below else
+              f"; no set is more than {TIE_PP} pp below."))
+    ]
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
@@ -225,6 +247,7 @@ def format_section(results: list[dict[str, Any]], seeds: list[int], assignments:
         f"- Against {names[p]}: {t['win']} wins, {t['tie']} ties, {t['loss']} losses over "
         f"{sum(t.values())} folds." for p, t in tally.items()
     ]
+    lines += accuracy_goal_lines(summaries, names)
     lines += [
         "",
         "### Calibration and Unknown on the held-out lab (mean over folds and seeds)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.lobo import fold_table, format_section
+from benchmarks.lobo import accuracy_goal_lines, fold_table, format_section
 from benchmarks.novelty import auroc, summarize
 from benchmarks.novelty import format_section as novelty_section
 
@@ -56,3 +56,18 @@ def test_lobo_outcome_is_a_tie_within_half_a_point() -> None:
     text = format_section([result], [0, 1], [], "mahalanobis@0.99")
     assert "1 wins, 1 ties, 1 losses over 3 folds" in text
     assert "met on every set" in text
+
+
+def test_the_accuracy_goal_line_says_whether_ours_beats_celltypist_by_a_point() -> None:
+    names = {"celltypist": "CellTypist 1.7.1"}
+    close = {"a": {"ours": 0.935, "celltypist": 0.932}, "b": {"ours": 0.90, "celltypist": 0.90}}
+    assert accuracy_goal_lines(close, names) == [
+        "- Mean over the 2 sets: ours 0.9175, CellTypist 1.7.1 0.9160 (+0.15 pp). Goal (≥ +1 pp, no set more"
+        " than 0.5 pp below): **not met**: +0.15 pp on average; no set is more than 0.5 pp below."
+    ]
+    ahead_but_one_set_below = {"a": {"ours": 0.95, "celltypist": 0.92}, "b": {"ours": 0.90, "celltypist": 0.91}}
+    assert accuracy_goal_lines(ahead_but_one_set_below, names)[0].endswith(
+        "**not met**; below by more than 0.5 pp: b -1.0 pp.")
+    ahead = {"a": {"ours": 0.96, "celltypist": 0.93}, "b": {"ours": 0.91, "celltypist": 0.91}}
+    assert accuracy_goal_lines(ahead, names)[0].endswith("met.")
+    assert accuracy_goal_lines({"a": {"ours": 0.9}}, names) == []
