@@ -11,26 +11,13 @@ import celltype
 import cli.main
 from model.errors import GeneMismatchError
 from model.predict import Predictor
-from tests.service.test_scoring import make_bundle_dir, make_counts, write_h5ad
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return make_bundle_dir(tmp_path_factory.mktemp("model") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def cells_file(tmp_path_factory):
-    X, genes = make_counts()
-    return write_h5ad(tmp_path_factory.mktemp("data") / "cells.h5ad", X, genes)
-
-
-def test_annotate_matches_celltype_score_column_for_column(bundle_dir, cells_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.main, "COMMAND_MODULES", ("service.score_cli",))
+def test_annotate_matches_celltype_score_column_for_column(bundle_dir, counts_file, tmp_path):
     scored = tmp_path / "scored.h5ad"
-    assert cli.main.main(["score", str(cells_file), "--model", str(bundle_dir), "--out", str(scored), "--no-progress"]) == 0
+    assert cli.main.main(["score", str(counts_file), "--model", str(bundle_dir), "--out", str(scored), "--no-progress"]) == 0
     expected = ad.read_h5ad(scored)
-    adata = ad.read_h5ad(cells_file)
+    adata = ad.read_h5ad(counts_file)
     returned = celltype.annotate(adata, model=str(bundle_dir), device="cpu")
     assert returned is adata
     new_columns = [c for c in expected.obs.columns if c not in ("cell_type", "batch")]
@@ -42,8 +29,8 @@ def test_annotate_matches_celltype_score_column_for_column(bundle_dir, cells_fil
     assert record["gene_overlap"]["n_matched"] == reference["gene_overlap"]["n_matched"] == 50
 
 
-def test_copy_leaves_the_input_alone_and_a_loaded_predictor_is_reused(bundle_dir, cells_file, tmp_path):
-    adata = ad.read_h5ad(cells_file)
+def test_copy_leaves_the_input_alone_and_a_loaded_predictor_is_reused(bundle_dir, counts_file, tmp_path):
+    adata = ad.read_h5ad(counts_file)
     predictor = celltype.load(str(bundle_dir), device="cpu")
     assert isinstance(predictor, Predictor)
     annotated = celltype.annotate(adata, model=predictor, copy=True, top_k=0)
@@ -53,8 +40,8 @@ def test_copy_leaves_the_input_alone_and_a_loaded_predictor_is_reused(bundle_dir
     assert ad.read_h5ad(tmp_path / "annotated.h5ad").uns["celltype"]["model"]["sha256"] == predictor.bundle.sha256
 
 
-def test_gene_column_and_dense_matrices(bundle_dir, cells_file):
-    adata = ad.read_h5ad(cells_file)
+def test_gene_column_and_dense_matrices(bundle_dir, counts_file):
+    adata = ad.read_h5ad(counts_file)
     reference = celltype.annotate(adata.copy(), model=str(bundle_dir), device="cpu")
     renamed = ad.AnnData(adata.X.toarray(), obs=adata.obs.copy(), var=pd.DataFrame(index=[f"id{i}" for i in range(adata.n_vars)]))
     renamed.var["gene_name"] = list(adata.var_names)

@@ -14,12 +14,6 @@ FAST = ["--no-progress", "--device", "cpu", "--set", "epochs=2", "--set", "hidde
         "--set", "n_top_genes=60", "--set", "batch_size=32"]
 
 
-@pytest.fixture(autouse=True)
-def only_the_train_command(monkeypatch) -> None:
-    """Build ``celltype`` with the train command only, whatever the other packages hold right now."""
-    monkeypatch.setattr(cli.main, "COMMAND_MODULES", ("training.cli",))
-
-
 @pytest.fixture(scope="module")
 def h5ad(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "synthetic.h5ad"

@@ -91,8 +91,7 @@ def test_sync_mode_equals_one_process_on_the_global_minibatches(norm, multilab_h
 
 
 @pytest.mark.slow
-def test_cli_local_mode_trains_one_identical_bundle(multilab_h5ad, tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(cli.main, "COMMAND_MODULES", ("training.cli",))
+def test_cli_local_mode_trains_one_identical_bundle(multilab_h5ad, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     code = cli.main.main([
         "train", str(multilab_h5ad), "--nproc", "2", "--dist-norm", "local", "--dist-stats-every", "2",
@@ -109,8 +108,7 @@ def test_cli_local_mode_trains_one_identical_bundle(multilab_h5ad, tmp_path, mon
     assert len(history) == 2 and np.isfinite(history[-1]["train_loss"])
 
 
-def test_resume_is_refused_with_several_processes(multilab_h5ad, tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(cli.main, "COMMAND_MODULES", ("training.cli",))
+def test_resume_is_refused_with_several_processes(multilab_h5ad, tmp_path, capsys) -> None:
     code = cli.main.main(["train", str(multilab_h5ad), "--nproc", "2", "--resume", "--out", str(tmp_path)])
     assert code == 2 and "--resume is not supported" in capsys.readouterr().err
 

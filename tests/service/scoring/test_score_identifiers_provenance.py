@@ -9,22 +9,9 @@ import anndata as ad
 import pyarrow.parquet as pq
 import pytest
 
-import cli.main
 from model.bundle import load_bundle
 
-from .test_scoring import N_CELLS, make_bundle_dir, make_counts, write_h5ad
-
-
-@pytest.fixture
-def celltype(monkeypatch):
-    """``celltype`` with only the ``score`` command."""
-    monkeypatch.setattr(cli.main, "COMMAND_MODULES", ("service.score_cli",))
-    return lambda *args: cli.main.main(["score", *(str(a) for a in args)])
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return make_bundle_dir(tmp_path_factory.mktemp("model") / "bundle")
+from .files import N_CELLS, make_counts, write_h5ad
 
 
 @pytest.fixture(scope="module")

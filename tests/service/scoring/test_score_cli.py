@@ -13,30 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-import cli.main
 from service.scoring import executors
 
-from .test_scoring import N_CELLS, make_bundle_dir, make_counts, write_h5ad
+from .files import N_CELLS, make_counts, write_h5ad
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def celltype(monkeypatch):
-    """``celltype`` with only the ``score`` command, so these tests do not depend on the other packages."""
-    monkeypatch.setattr(cli.main, "COMMAND_MODULES", ("service.score_cli",))
-    return lambda *args: cli.main.main(["score", *(str(a) for a in args)])
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return make_bundle_dir(tmp_path_factory.mktemp("model") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def counts_file(tmp_path_factory):
-    X, genes = make_counts()
-    return write_h5ad(tmp_path_factory.mktemp("data") / "counts.h5ad", X, genes)
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_success_writes_the_output_and_prints_a_summary(celltype, bundle_dir, counts_file, tmp_path, capsys):
@@ -133,7 +114,6 @@ KILL_AFTER_CHUNKS = """
 import os, signal, sys
 import cli.main
 from service.scoring_io import ChunkResult
-cli.main.COMMAND_MODULES = ("service.score_cli",)
 save, saved = ChunkResult.save, []
 def save_then_die(self, path):
     save(self, path)

@@ -15,7 +15,7 @@ from model.errors import InputKindError
 from service.scoring import executors
 from service.scoring_io import ScoringError
 
-from .test_scoring import make_bundle_dir, make_counts, score, write_h5ad
+from .files import make_counts, score, write_h5ad
 
 
 def cached_predictor_ids() -> list[int]:
@@ -31,11 +31,6 @@ def cluster():
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
     ) as cluster:
         yield cluster
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return make_bundle_dir(tmp_path_factory.mktemp("model") / "bundle")
 
 
 @pytest.fixture(scope="module")
