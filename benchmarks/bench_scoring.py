@@ -38,6 +38,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from benchmarks.docs_section import replace_section
 
@@ -101,7 +104,8 @@ def synthetic_file(n_cells: int, directory: Path) -> Path:
 
 
 def make_bundle(data: Path, directory: Path) -> Path:
-    """A 2000-256-128 BRN classifier with random weights, standardized on the data's first cells."""
+    """A 2000-256-128 BRN classifier with random weights, standardized on the data's first cells, with the
+    default novelty detector (as ``celltype train`` adds to every bundle; see :func:`novelty_detector`)."""
     import anndata
     import torch
 
@@ -110,17 +114,52 @@ def make_bundle(data: Path, directory: Path) -> Path:
     from model.preprocessing import Preprocessing, to_model_input
 
     adata = anndata.read_h5ad(data, backed="r")
-    sample = to_model_input(adata[:10_000].to_memory().X.toarray(), "counts", 1e4)
+    sample = to_model_input(adata[:2 * NOVELTY_CELLS].to_memory().X.toarray(), "counts", 1e4)
+    labels = adata.obs["cell_type"].cat.codes.to_numpy()[: 2 * NOVELTY_CELLS]
     genes = [str(g) for g in adata.var_names]
     classes = [str(c) for c in adata.obs["cell_type"].cat.categories]
     adata.file.close()
     torch.manual_seed(0)
     model = CellTypeClassifier(ClassifierConfig(n_genes=N_GENES, n_classes=len(classes), hidden_sizes=HIDDEN))
-    model.set_input_scaling(torch.from_numpy(sample.mean(axis=0)), torch.from_numpy(sample.std(axis=0)))
-    bundle = ModelBundle.from_model(model, genes=genes, classes=classes, preprocessing=Preprocessing())
+    scaling = sample[:NOVELTY_CELLS]
+    model.set_input_scaling(torch.from_numpy(scaling.mean(axis=0)), torch.from_numpy(scaling.std(axis=0)))
+    bundle = ModelBundle.from_model(
+        model,
+        genes=genes,
+        classes=classes,
+        preprocessing=Preprocessing(),
+        novelty=novelty_detector(model, sample, labels, len(classes)),
+    )
     path = directory / "bundle"
     save_bundle(bundle, path)
     return path
+
+
+NOVELTY_CELLS = 10_000
+"""Cells the benchmark's novelty detector is fitted on, and as many more it is calibrated on."""
+
+
+def novelty_detector(model: Any, inputs: np.ndarray, labels: np.ndarray, n_classes: int) -> Any:
+    """The default novelty detector (``input_pca`` at the 0.999 quantile), fitted as ``celltype train`` fits it.
+
+    Fitted on the first half of ``inputs`` (model inputs) with their ``labels``, then calibrated, as
+    stored in a bundle, on the second half. Every bundle ``celltype train`` writes has one, and scoring a
+    cell with it costs about as much as the classifier's forward pass, so the benchmarks include it.
+    """
+    import torch
+
+    from model.novelty import DEFAULT_METHOD, DEFAULT_QUANTILE, NoveltyDetector, novelty_features
+
+    half = len(inputs) // 2
+
+    def features(rows: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            return {k: v.numpy() for k, v in novelty_features(model.eval(), torch.from_numpy(rows)).items()}
+
+    fitted = NoveltyDetector.fit(DEFAULT_METHOD, features(inputs[:half]), labels[:half], n_classes)
+    detector = NoveltyDetector.from_state(*fitted.to_state())
+    detector.calibrate(features(inputs[half:]), DEFAULT_QUANTILE)
+    return detector
 
 
 def _process_tree(root: int) -> list[int]:
@@ -213,7 +252,7 @@ def score_run(data: Path, bundle: Path, n_cells: int, mode: str, workdir: Path) 
     if mode != "1 process":
         command += ["--workers", "2"]
     wall, cpu, peak, stdout = measure(command)
-    match = re.search(r"scored ([\d,]+) cells in [\d.]+ s \(([\d,]+) cells/s\)", stdout)
+    match = re.search(r"scored ([\d,]+) cells in [\d.]+ s \(([\d,]+) cells/s[;)]", stdout)
     scoring = float(match.group(2).replace(",", "")) if match else None
     out.unlink(missing_ok=True)
     return Run("celltype score", mode, n_cells, wall, cpu, scoring, peak)
@@ -363,7 +402,8 @@ def render(runs: list[Run], context: dict[str, str], roofline: float) -> str:
         "## Batch scoring (`celltype score`)",
         "",
         f"Synthetic raw counts ({N_GENES} genes, uncompressed CSR .h5ad, ~550 non-zeros per cell), "
-        f"2000-256-128 BRN MLP with random weights, parquet output. Machine: {context['machine']}; load "
+        "2000-256-128 BRN MLP with random weights and the default novelty detector (`input_pca`, which every "
+        f"bundle `celltype train` writes has), parquet output. Machine: {context['machine']}; load "
         f"average before/after: {context['load_before']} / {context['load_after']} (a shared machine: "
         f"other jobs compete for the same 2 cores). First-layer matmul alone, measured now: "
         f"{roofline:,.0f} cells/s (about 165,000 on 2 idle cores). Command: `{context['command']}`.",

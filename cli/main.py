@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import importlib
 import os
 import sys
@@ -96,10 +97,8 @@ def quick_exit(code: int) -> None:
             thread.join()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more to write
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be written anyway
-            pass
     os._exit(code)
 
 

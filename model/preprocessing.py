@@ -101,6 +101,18 @@ def _is_integer_valued(values: np.ndarray) -> np.ndarray:
     return np.abs(values - np.rint(values)) <= _INTEGER_TOLERANCE
 
 
+def _all_integer_valued(values: np.ndarray) -> bool:
+    """``_is_integer_valued(values).all()``, without the temporaries when every value is a whole number.
+
+    A value equal to its rounding is within the tolerance; only when some value is not does the
+    tolerance test run (NaN never equals its rounding, so it goes that way too).
+    """
+    rounded = np.rint(values)
+    if np.array_equal(rounded, values):
+        return True
+    return bool(_is_integer_valued(values).all())
+
+
 def check_values(X: np.ndarray | sp.csr_matrix, input_kind: str) -> None:
     """Raise :class:`InputKindError` unless the values of ``X`` are plausible for ``input_kind``.
 
@@ -126,10 +138,10 @@ def check_values(X: np.ndarray | sp.csr_matrix, input_kind: str) -> None:
             f"input contains negative values (smallest {minimum:g} at cell {cell}, gene column {gene}); "
             "send raw counts or log-normalized values, never scaled/centred data"
         )
-    whole = _is_integer_valued(values)
     maximum = float(values.max())
     if input_kind == "counts":
-        if not whole.all():
+        if not _all_integer_valued(values):
+            whole = _is_integer_valued(values)
             cell, gene = _locate(X, int(np.argmin(whole)))
             example = float(values[np.argmin(whole)])
             hint = (
@@ -163,7 +175,7 @@ def detect_input_kind(X: Any) -> str:
     """
     X = as_matrix(X)
     values = _values(X)
-    kind = "counts" if values.size == 0 or _is_integer_valued(values).all() else "lognorm"
+    kind = "counts" if values.size == 0 or _all_integer_valued(values) else "lognorm"
     check_values(X, kind)
     return kind
 

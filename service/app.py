@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.errors import GeneMismatchError, InputError, InputKindError
 from model.predict import Predictor
+from service.blas_threads import limit_blas_threads
 from service.deps import require_api_key
 from service.errors import STATUS, RequestInputError
 from service.inference import InferenceRunner, InferenceTimeoutError, OverloadedError
@@ -63,6 +64,7 @@ def create_app(
         loader: how URIs are loaded (default: :func:`default_loader`).
     """
     settings = settings or Settings()
+    limit_blas_threads(settings.torch_threads)
     registry = Metrics()
     store = ModelStore(settings.model_uri, loader or default_loader(settings), on_change=registry.set_model)
     if predictor is not None:

@@ -32,7 +32,13 @@ from anndata.io import write_elem
 from model.bundle import UNKNOWN_LABEL
 from model.errors import CellTypeError, InputError
 from model.novelty import UNKNOWN_REASONS
-from model.outputs import CONFIDENCE_COLUMN, LABEL_COLUMN, PROBABILITY_COLUMN_PREFIX, UNKNOWN_REASON_COLUMN
+from model.outputs import (
+    CELL_ID_COLUMN,
+    CONFIDENCE_COLUMN,
+    LABEL_COLUMN,
+    PROBABILITY_COLUMN_PREFIX,
+    UNKNOWN_REASON_COLUMN,
+)
 
 OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
 """Output formats, by file suffix."""
@@ -165,6 +171,29 @@ class ChunkResult:
         with np.load(path, allow_pickle=False) as stored:
             return cls(**{name: stored[name] for name in cls.FIELDS})
 
+    def arrow_table(self, columns: ResultColumns, cell_ids: np.ndarray, source: str) -> pa.Table:
+        """The table-output rows (``cell_id``, ``source_file``, then the result columns), built in arrow.
+
+        The same table as :meth:`frame` with the two key columns converted by :func:`_arrow_table`
+        (labels and ids as plain strings), made without pandas or a Python string per cell: label columns
+        are taken from their categories by code.
+        """
+        categories = pa.array(columns.label_categories, type=pa.string())
+        arrays: dict[str, pa.Array] = {
+            CELL_ID_COLUMN: pa.array(np.asarray(cell_ids, dtype=object), type=pa.string()),
+            SOURCE_FILE_COLUMN: pa.repeat(pa.scalar(source, type=pa.string()), self.n_cells),
+            LABEL_COLUMN: categories.take(self.label_codes),
+            CONFIDENCE_COLUMN: pa.array(self.confidence),
+            UNKNOWN_REASON_COLUMN: pa.array(UNKNOWN_REASONS, type=pa.string()).take(self.reason_codes),
+        }
+        classes = pa.array(columns.classes, type=pa.string())
+        for rank in range(columns.n_top):
+            arrays[f"top{rank + 1}_label"] = classes.take(np.ascontiguousarray(self.top_index[:, rank]))
+            arrays[f"top{rank + 1}_prob"] = pa.array(np.ascontiguousarray(self.top_prob[:, rank]))
+        for position, name in enumerate(columns.probability_columns):
+            arrays[name] = pa.array(np.ascontiguousarray(self.probabilities[:, position]))
+        return pa.table(arrays)
+
     def frame(self, columns: ResultColumns) -> pd.DataFrame:
         """The result columns as a DataFrame (labels as categoricals)."""
         categories = columns.label_categories
@@ -212,15 +241,17 @@ class TableWriter:
         self._parquet: pq.ParquetWriter | None = None
         self._wrote_header = False
 
-    def write(self, frame: pd.DataFrame) -> None:
-        """Append rows (categoricals are written as plain strings)."""
+    def write(self, frame: pd.DataFrame | pa.Table) -> None:
+        """Append rows (categoricals are written as plain strings); parquet also takes an arrow table."""
         if self.suffix == ".csv":
+            if isinstance(frame, pa.Table):
+                frame = frame.to_pandas()
             frame.to_csv(
                 self.path, mode="a" if self._wrote_header else "w", header=not self._wrote_header, index=False
             )
             self._wrote_header = True
             return
-        table = _arrow_table(frame)
+        table = frame if isinstance(frame, pa.Table) else _arrow_table(frame)
         if self._parquet is None:
             schema = table.schema if self.metadata is None else table.schema.with_metadata(self.metadata)
             self._parquet = pq.ParquetWriter(self.path, schema)

@@ -18,6 +18,7 @@ from model.bundle import ModelBundle
 from model.h5ad import H5adRows
 from model.predict import Predictor
 from model.threads import torch_threads, usable_cores
+from service.blas_threads import blas_threads
 from service.scoring.blocks import forward_rows, score_chunk
 from service.scoring.inputs import PreparedInput
 from service.scoring.tasks import ChunkTask
@@ -47,22 +48,6 @@ def keep_freed_memory() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from <malloc.h>
     libc.mallopt(m_mmap_threshold, 64 << 20)
     libc.mallopt(m_trim_threshold, HEAP_RETAIN_BYTES)
-
-
-@contextmanager
-def blas_threads(count: int) -> Iterator[None]:
-    """Run the block with the BLAS library numpy uses (OpenBLAS) limited to ``count`` threads, then restore it.
-
-    The novelty detector projects each block with numpy (float64). Left at its default, OpenBLAS starts a
-    thread per core for every block's product while the blocks already run one per core: its threads
-    then wait on each other and spin, and about a quarter of a run's CPU time went to them. Dask workers
-    run with one BLAS thread already (``distributed`` sets ``OPENBLAS_NUM_THREADS=1``), so a local run
-    now computes the same numbers as a Dask run.
-    """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=count, user_api="blas"):
-        yield
 
 
 def score_locally(

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from model.novelty import UNKNOWN_REASONS
 from model.outputs import CELL_ID_COLUMN
@@ -25,7 +26,12 @@ from service.scoring_io import (
 )
 
 
-def _table(result: ChunkResult, columns: ResultColumns, cell_ids: np.ndarray, source: Path) -> pd.DataFrame:
+def _table(
+    result: ChunkResult, columns: ResultColumns, cell_ids: np.ndarray, source: Path, suffix: str
+) -> pd.DataFrame | pa.Table:
+    """The table rows of ``result``: an arrow table for parquet (no pandas on the way), else a DataFrame."""
+    if suffix == ".parquet":
+        return result.arrow_table(columns, cell_ids, str(source))
     frame = result.frame(columns)
     frame.insert(0, SOURCE_FILE_COLUMN, np.full(result.n_cells, str(source), dtype=object))
     frame.insert(0, CELL_ID_COLUMN, cell_ids)
@@ -70,10 +76,12 @@ def write_output(
                 else:
                     item = inputs[task.input_index]
                     writer.write(
-                        _table(result, columns, item.reader.cell_ids(task.start, task.stop), item.path)
+                        _table(result, columns, item.reader.cell_ids(task.start, task.stop), item.path, suffix)
                     )
             if not tasks and isinstance(writer, TableWriter):
-                writer.write(_table(ChunkResult.empty(columns), columns, np.array([], dtype=object), Path()))
+                writer.write(
+                    _table(ChunkResult.empty(columns), columns, np.array([], dtype=object), Path(), suffix)
+                )
         finally:
             writer.close()
         if suffix == ".h5ad":
