@@ -142,22 +142,21 @@ def _check_features(features: np.ndarray, width: int | None = None) -> np.ndarra
     return array
 
 
-def _float64_copy(features: np.ndarray, width: int) -> np.ndarray:
-    """:func:`_check_features` as a new float64 array the caller may modify, checked before the conversion.
+def _checked_floats(features: np.ndarray, width: int | None = None) -> np.ndarray:
+    """:func:`_check_features` without the conversion: a float array as given (float32 stays float32).
 
-    Finiteness is the same in float32 and float64, so it is checked on the (half as large) input, and the
-    conversion is the one copy made.
+    Finiteness is the same in float32 and float64, so checking the (half as large) input is enough.
     """
     source = np.asarray(features)
     if source.dtype.kind != "f":
-        return _check_features(source, width).copy()
+        return _check_features(source, width)
     if source.ndim != 2:
         raise ValueError(f"features must be a 2-d (cells x features) array, got shape {source.shape}")
-    if source.shape[1] != width:
+    if width is not None and source.shape[1] != width:
         raise ValueError(f"features have {source.shape[1]} columns but the detector was fitted on {width}")
     if not np.isfinite(source).all():
         raise ValueError("features contain NaN or infinite values")
-    return np.array(source, dtype=np.float64)
+    return source
 
 
 class Scorer(Protocol):
@@ -345,23 +344,37 @@ class LogitScorer:
         return {}
 
 
-def principal_components(x: np.ndarray, n_components: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def principal_components(x: np.ndarray, n_components: int, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``(d,)`` and top ``n_components`` principal axes ``(d, k)`` of the rows of ``x`` (exact, deterministic).
 
-    From the eigendecomposition of the ``d × d`` covariance (accumulated in row chunks), each axis
-    signed so that its largest entry is positive; ``k`` is capped at ``min(d, rows - 1)``.
+    From the eigendecomposition of the ``d × d`` covariance, accumulated in float64 over row chunks of
+    ``x`` (which may be float32: only one chunk at a time is converted), each axis signed so that its
+    largest entry is positive; ``k`` is capped at ``min(d, rows - 1)``.
     """
     n, d = x.shape
-    mean = x.mean(axis=0)
+    mean = np.zeros(d)
+    for start in range(0, n, chunk):
+        mean += np.asarray(x[start : start + chunk], dtype=np.float64).sum(axis=0)
+    mean /= n
     covariance = np.zeros((d, d))
     for start in range(0, n, chunk):
-        part = x[start : start + chunk] - mean
+        part = np.asarray(x[start : start + chunk], dtype=np.float64) - mean
         covariance += part.T @ part
     values, vectors = np.linalg.eigh(covariance / n)
     k = max(1, min(n_components, d, n - 1))
     axes = vectors[:, np.argsort(values)[::-1][:k]]
     signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(k)])
     return mean, axes * np.where(signs == 0, 1.0, signs)
+
+
+def project(x: np.ndarray, center: np.ndarray, axes: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """``(x - center) @ axes`` in float64, converting ``x`` (float32 or float64) one row chunk at a time."""
+    out = np.empty((x.shape[0], axes.shape[1]))
+    for start in range(0, x.shape[0], chunk):
+        part = np.array(x[start : start + chunk], dtype=np.float64)
+        part -= center
+        out[start : start + chunk] = part @ axes
+    return out
 
 
 @dataclass
@@ -385,18 +398,17 @@ class InputPcaScorer:
         cls, features: np.ndarray, labels: np.ndarray, n_classes: int, *, n_components: int = 50
     ) -> InputPcaScorer:
         """Principal axes of the training cells' standardized input, then class means and tied covariance."""
-        x = _check_features(features)
+        x = _checked_floats(features)  # kept as given (float32 from training): chunks go to float64 one by one
         if x.shape[0] < 3:
             raise ValueError("need at least three cells to fit principal components")
         center, components = principal_components(x, n_components)
-        distance = MahalanobisScorer.fit((x - center) @ components, labels, n_classes)
+        distance = MahalanobisScorer.fit(project(x, center, components), labels, n_classes)
         return cls(center=center, components=components, distance=distance)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance to the nearest class mean of the cell's component scores."""
-        x = _float64_copy(features, self.center.shape[0])
-        x -= self.center  # in place: the same values as ``x - center``, without a second n x d copy
-        return self.distance.score(x @ self.components)
+        x = _checked_floats(features, self.center.shape[0])
+        return self.distance.score(project(x, self.center, self.components))
 
     def params(self) -> dict[str, Any]:
         """JSON-ready parameters."""
