@@ -2,16 +2,23 @@
 
 When the cells do not fit in memory, ``celltype train`` does not read the matrix at once
 (:func:`training.data.load_labeled`) but opens the files (:func:`open_labeled`) and reads rows when
-they are needed, so that memory stays flat in the number of cells (only the per-cell annotations,
-about 150 bytes a cell, are kept):
+they are needed, so that no value is held in memory (only the per-cell annotations are kept: labels,
+batches, cell names, row numbers; at 2M cells about 0.7 KB a cell at their peak, reached while the
+files are opened, see ``docs/benchmarks.md``):
 
 - gene selection is one streaming pass over the training rows in row blocks
   (:func:`training.genes.select_genes`);
 - mini-batches come from windows of contiguous row blocks: the shuffled and lab-homogeneous samplers
   run in block mode (:mod:`training.samplers`, ``block_rows``), and :class:`PrefetchingSampler` reads
-  the next windows in a background thread while the current one trains;
+  the windows in a background thread and computes each mini-batch's dense model input there, ahead of
+  the training thread, which only takes it (it prints how often it had to wait);
 - input statistics, validation, held-out scoring and the final norm recalibration read sorted rows in
-  blocks.
+  blocks (on the calling thread).
+
+Reading: a view (:meth:`DiskLabeledData.select_genes`) maps each file's columns to its genes through a
+table made once; a read of neighbouring rows is one h5py slice of at most :data:`READ_ROWS` rows, whose
+stored values are kept or dropped with one gather over that table (none when the view keeps every
+column, as gene selection does).
 
 Identical weights: the values read from disk are the very values the in-memory path holds, and the
 model input is computed by the same function, so for the same seed and the same mini-batch order the
@@ -495,6 +502,8 @@ class PrefetchingSampler:
         train_rows: the trainer's training rows.
         window_rows: rows per window for a sampler without blocks.
         prefetch_bytes: bound on the inputs made ready ahead.
+        echo: print one line after each epoch: mini-batches, windows, and how often and how long the
+            training thread waited for the reader (it should not: reading is meant to hide behind the steps).
     """
 
     def __init__(
@@ -505,8 +514,10 @@ class PrefetchingSampler:
         *,
         window_rows: int = DEFAULT_BLOCK_ROWS * WINDOW_BLOCKS,
         prefetch_bytes: int = PREFETCH_BYTES,
+        echo: bool = False,
     ) -> None:
         self.sampler = sampler
+        self.echo = echo
         self.data = data
         self.train_rows = np.asarray(train_rows, dtype=np.int64)
         self.window_rows = window_rows
@@ -581,19 +592,28 @@ class _Epoch:
     def __iter__(self) -> Iterator[np.ndarray]:
         owner, data = self.owner, self.owner.data
         ready = _read_ahead(self._inputs(), depth=self._depth())
+        waits, wait_seconds, served = 0, 0.0, 0
         try:
             for batch in self.batches:
                 started = time.perf_counter()
                 waited = ready.waiting()
                 rows, inputs = next(ready)
                 if waited:
-                    owner.waits += 1
-                    owner.wait_seconds += time.perf_counter() - started
+                    waits += 1
+                    wait_seconds += time.perf_counter() - started
                 data.serve(rows, inputs)
+                served += 1
                 yield batch
         finally:
             ready.close()
             data.serve(None, None)
+            owner.waits += waits
+            owner.wait_seconds += wait_seconds
+            if owner.echo and served:
+                print(
+                    f"read ahead from disk: {served:,} mini-batches, {len(self.windows):,} windows; training waited "
+                    f"for {waits:,} of them ({wait_seconds:.1f} s)", flush=True,
+                )
 
 
 class _read_ahead(Iterator[Any]):  # noqa: N801 - used like a function
@@ -706,7 +726,7 @@ def streaming_setup(data: DiskLabeledData | Any, block_rows: int) -> Any:
             )
         if isinstance(trainer.data, DiskLabeledData) and getattr(trainer, "_cache", None) is None:
             # (a trainer that holds every training input in its cache reads nothing while it trains)
-            sampler = PrefetchingSampler(sampler, trainer.data, trainer.train_rows)
+            sampler = PrefetchingSampler(sampler, trainer.data, trainer.train_rows, echo=trainer.rank == 0)
         trainer.sampler = sampler
 
     return configure

@@ -218,3 +218,28 @@ def test_a_distributed_rank_trains_from_disk_like_one_process(
     assert isinstance(samplers[0], PrefetchingSampler)  # the rank streams its mini-batches from the files
     for name, value in single_weights.items():
         assert torch.equal(value, ranked.bundle.state_dict[name]), name
+
+
+def test_row_blocks_read_ahead_in_order_and_raise_a_bad_block(
+    multilab_h5ad: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model.errors import InputKindError
+
+    memory_data, _ = load_labeled(multilab_h5ad)
+    disk_data, _ = open_labeled(multilab_h5ad)
+    blocks = list(disk_data.row_blocks(40))
+    assert [b.shape[0] for b in blocks] == [40] * 15
+    np.testing.assert_array_equal(
+        np.vstack([b.toarray() for b in blocks]), memory_data.X.toarray()  # every row, in order
+    )
+    calls = []
+
+    def check(block: object, kind: str) -> None:
+        calls.append(kind)
+        if len(calls) == 2:
+            raise InputKindError("a negative value")
+
+    monkeypatch.setattr(streaming, "check_values", check)
+    with pytest.raises(InputKindError, match="cells 40-79 of the training cells: a negative value"):
+        list(disk_data.row_blocks(40))
+    disk_data.close()
