@@ -132,7 +132,8 @@ def choose_data_mode(
     """Decide whether to train in memory or from disk (see the module docstring).
 
     The in-memory need is estimated from the files' stored values: twice the float32 CSR matrix
-    (the matrix and the training subset copied from it) plus the dense input cache of the trainer.
+    (the matrix and the training subset copied from it) plus the trainer's dense input cache (float32
+    cells x genes, at most :data:`INPUT_CACHE_BYTES`).
 
     Raises:
         ValueError: ``requested`` is not one of :data:`DATA_MODES`.
@@ -155,7 +156,7 @@ def choose_data_mode(
             raise InputError(f"cannot read {path} as an .h5ad (HDF5) file: {exc}") from None
         n_cells += rows
         n_genes = max(n_genes, cols)
-    need = 2 * (8 * stored + 8 * n_cells) + INPUT_CACHE_BYTES
+    need = 2 * (8 * stored + 8 * n_cells) + min(INPUT_CACHE_BYTES, 4 * n_cells * n_genes)
     available = _available_memory_bytes() if available_bytes is None else available_bytes
     mode = requested if requested != "auto" else ("memory" if need <= MEMORY_FRACTION * available else "disk")
     return DataModeChoice(mode, requested, n_cells, n_genes, need, available)
