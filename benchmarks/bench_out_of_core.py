@@ -21,7 +21,7 @@ itself costs. The machine's load average is recorded before and after each measu
 
     python -m benchmarks.bench_out_of_core [--cells 2000000] [--genes 20000] [--epochs 1] [--write]
     python -m benchmarks.bench_out_of_core --make-only /tmp/atlas.h5ad   # write the atlas, then
-    flock /tmp/bench.lock python -m benchmarks.bench_out_of_core --atlas /tmp/atlas.h5ad --write
+    python -m benchmarks.bench_out_of_core --atlas /tmp/atlas.h5ad --write
 
 ``--write`` replaces the ``bench_out_of_core`` section of ``docs/benchmarks.md``. ``--atlas`` trains on
 an atlas written before by ``--make-only`` (with the same sizes), which is then left in place for you to
@@ -269,9 +269,10 @@ other, cycling through a pool of {args.pool:,} distinct cells drawn by `write_sy
 thread; the second core runs the background reader), on {platform.processor() or platform.machine()} with
 {_mem_total_gib():.0f} GiB of memory, **shared with other work**: load average (1, 5, 15 min)
 {_load(result['load_before'])} before and {_load(result['load_after'])} after the training command, on 2 cores.
-Run: `python -m benchmarks.bench_out_of_core --make-only ATLAS`, then `flock /tmp/bench.lock python -m
-benchmarks.bench_out_of_core --atlas ATLAS --epochs {args.epochs} --compare-set novelty_method=none --result R.json`,
-then `--from-result R.json --write` for this section; ATLAS under /tmp, deleted afterwards.
+Run: `python -m benchmarks.bench_out_of_core --make-only ATLAS`, then `python -m
+benchmarks.bench_out_of_core --atlas ATLAS --epochs {args.epochs} --result R.json --write` (no other benchmark at
+the same time; `--compare-set novelty_method=none` also trains without the novelty detector); ATLAS under /tmp,
+deleted afterwards.
 
 - data-mode line: `{result['mode_line']}`
 - peak RSS of the process (default config): **{peak / 1e9:.2f} GB** (goal <= {GOAL_PEAK_RSS / 1e9:.0f} GB:
@@ -286,8 +287,9 @@ then `--from-result R.json --write` for this section; ATLAS under /tmp, deleted 
 |---|---|---|
 {rows}
 
-A first run of the same command (same code, 15 minutes earlier, load average 4.17, 4.40, 3.69 before and 1.17,
-2.20, 2.97 after) gave 11,037 cells/s, peak RSS 4.12 GB, 435 s wall, reader waits 1 of 26,733 mini-batches.
+Earlier the same day, with the same data path but the novelty fit still copying its whole sample to float64
+(see "peak memory" below): 10,358 cells/s at load 2.6, peak RSS 3.78 GB, 421 s wall; 11,037 cells/s at load
+4.2, peak RSS 4.12 GB; with `--set novelty_method=none` 8,542 cells/s, peak RSS 2.13 GB.
 
 Step ceiling (same machine, right after, load {_load(ceiling['load'])}): {ceiling['cells_per_s']:,.0f} cells/s wall,
 {ceiling['cpu_cells_per_s']:,.0f} cells per CPU-second.
@@ -312,11 +314,11 @@ of the same kind after the changes below, load average about 4.5 on the 2 cores;
   23%, densifying and normalizing mini-batches 10%, cutting them out of windows 8%, gene selection's value
   checks 7%, the rest numpy/scipy glue. It kept ahead: see the reader line above.
 - peak memory: sampling RSS with `py-spy dump` at each +150 MB showed 0.9-1.0 GB through gene selection,
-  the epoch and the recalibration, then the jump to 3.5 GB (200k cells) inside the Unknown checks
-  (`model/novelty.py`: `InputPcaScorer.fit` copies the 50,000 x 2,000 standardized inputs to float64 in
-  `_check_features`, `principal_components` centres them in 65,536-row chunks, the projection makes one more
-  copy). That part is bounded (50,000 cells), but it is what takes the default command over 3 GB; the run with
-  `novelty_method=none` above shows the rest. Of that rest, at 2M cells about 1.6 GB is reached while the files
+  the epoch and the recalibration, then a jump to 3.5 GB (200k cells) inside the Unknown checks
+  (`model/novelty.py`: `InputPcaScorer.fit` copied the 50,000 x 2,000 standardized inputs to float64, centred
+  them and made one more copy to project them). It now keeps them float32 and converts 8,192-row chunks
+  (the fit alone on 50,000 x 2,000 float32 features: peak RSS +0.41 GB instead of +1.68 GB, 4.5 s instead of
+  7.1 s; scores equal to 3e-12). Of the rest, at 2M cells about 1.6 GB is reached while the files
   are opened, before any value is read (`open_labeled`: pandas reads `obs`, the cell names become numpy
   strings, `_unique_cell_ids` sorts them, `DataReport.build` makes Series of the labels; the allocator keeps
   what they free), then it grows to about 2 GB by the end. The values never are in memory; these per-cell
