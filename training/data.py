@@ -65,8 +65,32 @@ _BUNDLED_CELLBENCH = Path(__file__).parent / "datasets" / "cellbench.h5ad"
 _KIND_NAMES = {"counts": "raw counts", "lognorm": "log-normalized values"}
 
 
+class CellAnnotations:
+    """What :class:`LabeledData` and :class:`training.streaming.DiskLabeledData` derive alike from their
+    ``genes``, ``labels`` and ``batches``."""
+
+    genes: list[str]
+    labels: np.ndarray
+    batches: np.ndarray
+
+    @property
+    def n_genes(self) -> int:
+        """Number of genes (columns)."""
+        return len(self.genes)
+
+    @property
+    def classes(self) -> list[str]:
+        """The cell types present, sorted."""
+        return [str(c) for c in np.unique(self.labels)]
+
+    @property
+    def batch_names(self) -> list[str]:
+        """The batches present, sorted."""
+        return [str(b) for b in np.unique(self.batches)]
+
+
 @dataclass
-class LabeledData:
+class LabeledData(CellAnnotations):
     """Labeled cells x genes from one or more labs, ready for training.
 
     Attributes:
@@ -103,21 +127,6 @@ class LabeledData:
     def n_cells(self) -> int:
         """Number of cells (rows)."""
         return int(self.X.shape[0])
-
-    @property
-    def n_genes(self) -> int:
-        """Number of genes (columns)."""
-        return int(self.X.shape[1])
-
-    @property
-    def classes(self) -> list[str]:
-        """The cell types present, sorted."""
-        return [str(c) for c in np.unique(self.labels)]
-
-    @property
-    def batch_names(self) -> list[str]:
-        """The batches present, sorted."""
-        return [str(b) for b in np.unique(self.batches)]
 
     def subset(self, cells: np.ndarray | Sequence[int] | Sequence[bool]) -> LabeledData:
         """The cells selected by an integer index or a boolean mask over all cells, in that order."""
@@ -373,19 +382,26 @@ def load_labeled(
         sources=[s.name for s in sources],
         gene_identifiers=shared_identifiers([(s.genes, s.identifier_columns) for s in sources], genes),
     )
+    return data, loading_report(data, sources, warnings, min_cells_per_class)
+
+
+def loading_report(
+    data: LabeledData | CellAnnotations, sources: list[_Source], warnings: list[str], min_cells_per_class: int
+) -> DataReport:
+    """The :class:`DataReport` of cells just opened from ``sources`` (in memory or on disk), with a warning
+    added when every cell is in one batch."""
     if len(data.batch_names) == 1:
         warnings.append(
             f"all cells are in one batch ({data.batch_names[0]!r}): no lab can be held out to measure "
             "how the model does on a lab it never saw"
         )
-    report = DataReport.build(
-        data,
+    return DataReport.build(
+        data,  # type: ignore[arg-type]  # DataReport reads only the annotations and sizes
         min_cells_per_class=min_cells_per_class,
         files=[s.describe() for s in sources],
         genes_per_file={s.name: len(s.genes) for s in sources},
         warnings=warnings,
     )
-    return data, report
 
 
 class _Source:
@@ -572,16 +588,21 @@ def _as_paths(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     return files
 
 
+def open_hdf5(path: Path) -> h5py.File:
+    """``path`` opened read-only as HDF5, or :class:`InputError` saying it is not an ``.h5ad`` (HDF5) file."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"cannot read {path} as an .h5ad (HDF5) file: {exc}") from None
+
+
 @contextmanager
 def _open_all(files: list[Path]) -> Iterator[list[h5py.File]]:
     """Open every file read-only as HDF5, raising :class:`InputError` for one that is not."""
     handles: list[h5py.File] = []
     try:
         for path in files:
-            try:
-                handles.append(h5py.File(path, "r"))
-            except OSError as exc:
-                raise InputError(f"cannot read {path} as an .h5ad (HDF5) file: {exc}") from None
+            handles.append(open_hdf5(path))
         yield handles
     finally:
         for handle in handles:

@@ -52,6 +52,7 @@ from model.errors import InputError, InputKindError
 from model.preprocessing import Preprocessing, check_values, to_model_input
 from training.data import (
     _KIND_NAMES,
+    CellAnnotations,
     DataReport,
     _as_paths,
     _available_memory_bytes,
@@ -60,6 +61,8 @@ from training.data import (
     _shared_genes,
     _Source,
     _unique_cell_ids,
+    loading_report,
+    open_hdf5,
 )
 from training.gene_identifiers import shared_identifiers
 
@@ -176,7 +179,7 @@ class _Files:
             handle.close()
 
 
-class DiskLabeledData:
+class DiskLabeledData(CellAnnotations):
     """Labeled cells whose values stay in their ``.h5ad`` files: :class:`training.data.LabeledData`'s
     interface (``genes``, ``labels``, ``batches``, ``cell_ids``, ``input_kind``, ``subset``,
     ``select_genes``, ``model_input``), reading rows only when asked.
@@ -216,21 +219,6 @@ class DiskLabeledData:
     def n_cells(self) -> int:
         """Number of cells (rows)."""
         return len(self._rows)
-
-    @property
-    def n_genes(self) -> int:
-        """Number of genes (columns)."""
-        return len(self.genes)
-
-    @property
-    def classes(self) -> list[str]:
-        """The cell types present, sorted."""
-        return [str(c) for c in np.unique(self.labels)]
-
-    @property
-    def batch_names(self) -> list[str]:
-        """The batches present, sorted."""
-        return [str(b) for b in np.unique(self.batches)]
 
     @property
     def X(self) -> _RowReader:  # noqa: N802 - LabeledData's name for its matrix
@@ -426,10 +414,7 @@ def open_labeled(
     handles: list[h5py.File] = []
     try:
         for path in files:
-            try:
-                handles.append(h5py.File(path, "r"))
-            except OSError as exc:
-                raise InputError(f"cannot read {path} as an .h5ad (HDF5) file: {exc}") from None
+            handles.append(open_hdf5(path))
         sources = [
             _Source.open(path, handle, label_key=label_key, batch_key=batch_key, layer=layer, single=len(files) == 1)
             for path, handle in zip(files, handles, strict=True)
@@ -468,19 +453,7 @@ def open_labeled(
         np.concatenate([s.labels for s in sources]), np.concatenate([s.batches for s in sources]), cell_ids,
         input_kind, shared_identifiers([(s.genes, s.identifier_columns) for s in sources], genes),
     )
-    if len(data.batch_names) == 1:
-        warnings.append(
-            f"all cells are in one batch ({data.batch_names[0]!r}): no lab can be held out to measure "
-            "how the model does on a lab it never saw"
-        )
-    report = DataReport.build(
-        data,  # type: ignore[arg-type]  # DataReport reads only the annotations and sizes
-        min_cells_per_class=min_cells_per_class,
-        files=[s.describe() for s in sources],
-        genes_per_file={s.name: len(s.genes) for s in sources},
-        warnings=warnings,
-    )
-    return data, report
+    return data, loading_report(data, sources, warnings, min_cells_per_class)
 
 
 class PrefetchingSampler:
