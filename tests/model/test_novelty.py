@@ -151,14 +151,23 @@ def test_input_pca_keeps_the_top_principal_axes() -> None:
     assert principal_components(x, 50)[1].shape == (6, 6)
 
 
-def test_novelty_features_are_one_forward_pass() -> None:
+@pytest.fixture
+def small_model_and_cells():
+    """A random 12-gene, 3-class classifier in eval mode and 7 cells of inputs."""
     torch = pytest.importorskip("torch")
     from model.classifier import CellTypeClassifier, ClassifierConfig
-    from model.novelty import hidden_features, novelty_features
 
     torch.manual_seed(0)
     model = CellTypeClassifier(ClassifierConfig(n_genes=12, n_classes=3, hidden_sizes=(8, 5))).eval()
-    x = torch.rand(7, 12)
+    return model, torch.rand(7, 12)
+
+
+def test_novelty_features_are_one_forward_pass(small_model_and_cells) -> None:
+    import torch
+
+    from model.novelty import hidden_features, novelty_features
+
+    model, x = small_model_and_cells
     features = novelty_features(model, x)
     torch.testing.assert_close(features[INPUT], model.standardize(x))
     torch.testing.assert_close(features[HIDDEN], hidden_features(model, x))
@@ -221,14 +230,12 @@ def test_unknown_reasons() -> None:
         unknown_reasons(np.array([0.9, 0.3]), 0.5, np.array([True]))
 
 
-def test_hidden_features_are_the_last_blocks_pre_activation() -> None:
-    torch = pytest.importorskip("torch")
-    from model.classifier import CellTypeClassifier, ClassifierConfig
+def test_hidden_features_are_the_last_blocks_pre_activation(small_model_and_cells) -> None:
+    import torch
+
     from model.novelty import hidden_features
 
-    torch.manual_seed(0)
-    model = CellTypeClassifier(ClassifierConfig(n_genes=12, n_classes=3, hidden_sizes=(8, 5))).eval()
-    x = torch.rand(7, 12)
+    model, x = small_model_and_cells
     features = hidden_features(model, x)
     assert features.shape == (7, 5)
     assert (features < 0).any()  # before the ReLU
