@@ -446,7 +446,7 @@ class _Source:
     ) -> _Source:
         """Read the annotations of ``handle`` and locate its matrix; raise :class:`InputError` if unusable."""
         try:
-            obs = read_elem(handle["obs"])
+            obs, obs_columns = _read_obs(handle["obs"], (label_key, batch_key))
             var = read_elem(handle["var"])
             var_names = [str(g) for g in var.index]
         except Exception as exc:  # anndata's readers raise several types for a malformed file
@@ -475,8 +475,8 @@ class _Source:
                 f"({_examples(duplicated)}); make them unique first (e.g. keep one column per gene, or "
                 "anndata's var_names_make_unique() if they really are different genes)"
             )
-        labels = _text_column(path, obs, label_key, "label", required=True)
-        batches = _text_column(path, obs, batch_key, "batch", required=single)
+        labels = _text_column(path, obs, label_key, "label", required=True, columns=obs_columns)
+        batches = _text_column(path, obs, batch_key, "batch", required=single, columns=obs_columns)
         if batches is None:
             batches = np.full(len(obs), path.stem)
         return cls(
@@ -629,8 +629,35 @@ def _matrix_key(path: Path, handle: h5py.File, layer: str | None) -> str:
     return f"layers/{layer}"
 
 
-def _text_column(path: Path, obs: pd.DataFrame, key: str, what: str, *, required: bool) -> np.ndarray | None:
-    """``obs[key]`` as a str array; ``None`` if absent and not required; refuse missing values."""
+def _read_obs(element: h5py.Group | h5py.Dataset, wanted: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The cell names and the ``wanted`` columns of an ``obs`` table (those it has), and all its column names.
+
+    Only those columns are read: an atlas' ``obs`` often holds dozens of per-cell columns that training
+    never uses. Tables not in anndata's group layout are read whole.
+    """
+    index_key = _decode(element.attrs.get("_index", "")) if isinstance(element, h5py.Group) else ""
+    if not index_key or index_key not in element:
+        obs = read_elem(element)
+        return obs, [str(c) for c in obs.columns]
+    order = element.attrs.get("column-order", [])
+    order = [order] if isinstance(order, str | bytes) else (order.tolist() if hasattr(order, "tolist") else order)
+    columns = [_decode(c) for c in order]
+    data = {key: read_elem(element[key]) for key in dict.fromkeys(wanted) if key in columns and key in element}
+    index = pd.Index(np.asarray(read_elem(element[index_key])).astype(str))
+    return pd.DataFrame(data, index=index), columns
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _text_column(
+    path: Path, obs: pd.DataFrame, key: str, what: str, *, required: bool, columns: Sequence[str]
+) -> np.ndarray | None:
+    """``obs[key]`` as a str array; ``None`` if absent and not required; refuse missing values.
+
+    ``columns``: every column of the file's ``obs`` (``obs`` itself may hold only the ones read).
+    """
     if key not in obs.columns:
         if not required:
             return None
@@ -641,7 +668,7 @@ def _text_column(path: Path, obs: pd.DataFrame, key: str, what: str, *, required
         )
         raise InputError(
             f"{path} has no {what} column {key!r} in obs; its columns are: "
-            f"{', '.join(map(repr, obs.columns)) or 'none'}; choose the right one with the {what} key option{hint}"
+            f"{', '.join(map(repr, columns)) or 'none'}; choose the right one with the {what} key option{hint}"
         )
     column = obs[key]
     text = column.astype(str)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
@@ -193,6 +194,23 @@ def test_negative_or_nan_values_are_refused_naming_the_file(tmp_path, value, mes
 def test_a_missing_label_column_names_the_columns_there_are(multilab_h5ad) -> None:
     with pytest.raises(InputError, match=r"no label column 'celltype' in obs; its columns are: 'cell_type', 'batch'"):
         load_labeled(multilab_h5ad, label_key="celltype")
+
+
+def test_only_the_label_and_batch_columns_of_obs_are_read(multilab_adata, tmp_path, monkeypatch) -> None:
+    adata = multilab_adata.copy()
+    adata.obs["n_counts"] = np.arange(adata.n_obs, dtype=float)
+    adata.obs["donor"] = pd.Categorical(["d1", "d2"] * (adata.n_obs // 2) + ["d1"] * (adata.n_obs % 2))
+    path = tmp_path / "wide_obs.h5ad"
+    adata.write_h5ad(path)
+    read = []
+    real_read_elem = data_module.read_elem
+    monkeypatch.setattr(data_module, "read_elem", lambda element: read.append(element.name) or real_read_elem(element))
+    data, _ = load_labeled(path)
+    assert data.labels.tolist() == adata.obs["cell_type"].astype(str).tolist()
+    assert data.cell_ids.tolist() == adata.obs_names.tolist()
+    assert not {"/obs/n_counts", "/obs/donor"} & set(read) and {"/obs/cell_type", "/obs/batch"} <= set(read)
+    with pytest.raises(InputError, match=r"its columns are: 'cell_type', 'batch', 'n_counts', 'donor'"):
+        load_labeled(path, label_key="celltype")
 
 
 def test_a_single_file_needs_its_batch_column(multilab_h5ad) -> None:
