@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from model.genes import var_column_genes
 from model.h5ad import (
     H5adExternalDataError,
     H5adRows,
@@ -124,13 +125,7 @@ def read_h5ad_cells(
             raise RequestInputError("the .h5ad file has no cells")
         block = reader.read(0, reader.n_cells)
         matrix = block.csr() if block.is_sparse else np.asarray(block.values, dtype=np.float32)
-        if gene_column is None:
-            genes = reader.genes
-        else:
-            var = reader.var_frame()
-            if gene_column not in var.columns:
-                raise RequestInputError(f"var has no column {gene_column!r}; its columns are {list(var.columns)}")
-            genes = [str(g) for g in var[gene_column]]
+        genes = reader.genes if gene_column is None else var_column_genes(reader.var_frame(), gene_column)
         cell_ids = [str(c) for c in reader.cell_ids(0, reader.n_cells)]
     kind = detect_input_kind(matrix) if input_kind == "auto" else input_kind
     return H5adCells(None, matrix, genes, cell_ids, kind, Path(path))

@@ -174,9 +174,8 @@ class ChunkResult:
     def arrow_table(self, columns: ResultColumns, cell_ids: np.ndarray, source: str) -> pa.Table:
         """The table-output rows (``cell_id``, ``source_file``, then the result columns), built in arrow.
 
-        The same table as :meth:`frame` with the two key columns converted by :func:`_arrow_table`
-        (labels and ids as plain strings), made without pandas or a Python string per cell: label columns
-        are taken from their categories by code.
+        The rows of :meth:`frame` with the two key columns, labels and ids as plain strings, made without
+        pandas or a Python string per cell: label columns are taken from their categories by code.
         """
         categories = pa.array(columns.label_categories, type=pa.string())
         arrays: dict[str, pa.Array] = {
@@ -242,36 +241,22 @@ class TableWriter:
         self._wrote_header = False
 
     def write(self, frame: pd.DataFrame | pa.Table) -> None:
-        """Append rows (categoricals are written as plain strings); parquet also takes an arrow table."""
+        """Append rows: a DataFrame to a CSV file, an arrow table (:meth:`ChunkResult.arrow_table`) to parquet."""
         if self.suffix == ".csv":
-            if isinstance(frame, pa.Table):
-                frame = frame.to_pandas()
             frame.to_csv(
                 self.path, mode="a" if self._wrote_header else "w", header=not self._wrote_header, index=False
             )
             self._wrote_header = True
             return
-        table = frame if isinstance(frame, pa.Table) else _arrow_table(frame)
         if self._parquet is None:
-            schema = table.schema if self.metadata is None else table.schema.with_metadata(self.metadata)
+            schema = frame.schema if self.metadata is None else frame.schema.with_metadata(self.metadata)
             self._parquet = pq.ParquetWriter(self.path, schema)
-        self._parquet.write_table(table)
+        self._parquet.write_table(frame)
 
     def close(self) -> None:
         """Finish the file (parquet footer)."""
         if self._parquet is not None:
             self._parquet.close()
-
-
-def _arrow_table(frame: pd.DataFrame) -> pa.Table:
-    """``frame`` as an arrow table with plain string columns for labels and ids (any number of rows)."""
-    arrays = {}
-    for name, column in frame.items():
-        if isinstance(column.dtype, pd.CategoricalDtype) or column.dtype == object:
-            arrays[name] = pa.array(column.astype(object).to_numpy(), type=pa.string())
-        else:
-            arrays[name] = pa.array(column.to_numpy())
-    return pa.table(arrays)
 
 
 class ObsColumnsWriter:

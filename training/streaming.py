@@ -146,17 +146,17 @@ def choose_data_mode(
         raise ValueError(f"data_mode must be one of {', '.join(DATA_MODES)} (got {requested!r})")
     n_cells = n_genes = stored = 0
     for path in _as_paths(paths):
-        try:
-            with h5py.File(path, "r") as handle:
-                element = handle[_matrix_key(path, handle, layer)]
-                if isinstance(element, h5py.Dataset):
-                    rows, cols = (int(n) for n in element.shape)
-                    stored += rows * cols
-                else:
-                    rows, cols = (int(n) for n in element.attrs["shape"])
-                    stored += int(element["data"].shape[0])
-        except OSError as exc:
-            raise InputError(f"cannot read {path} as an .h5ad (HDF5) file: {exc}") from None
+        with open_hdf5(path) as handle:
+            element = handle[_matrix_key(path, handle, layer)]
+            if isinstance(element, h5py.Dataset):
+                rows, cols = (int(n) for n in element.shape)
+                stored += rows * cols
+            else:
+                shape = element.attrs.get("shape", element.attrs.get("h5sparse_shape"))
+                if shape is None or "data" not in element:
+                    raise InputError(f"{path}: its matrix is not stored as anndata writes it (no shape or data)")
+                rows, cols = (int(n) for n in shape)
+                stored += int(element["data"].shape[0])
         n_cells += rows
         n_genes = max(n_genes, cols)
     need = 2 * (8 * stored + 8 * n_cells) + min(INPUT_CACHE_BYTES, 4 * n_cells * n_genes)
@@ -271,7 +271,7 @@ class DiskLabeledData(CellAnnotations):
 
     def read_rows(self, rows: np.ndarray | Sequence[int] | slice) -> sp.csr_matrix:
         """Float32 CSR values of ``rows`` (of this view) over its genes, read from the files."""
-        local = np.arange(self.n_cells)[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        local = np.arange(*rows.indices(self.n_cells)) if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
         wanted = self._rows[local]
         if wanted.size and bool(np.all(wanted[1:] > wanted[:-1])):  # sorted and distinct: the usual case
             return self._read_sorted(wanted)
@@ -496,10 +496,6 @@ class PrefetchingSampler:
         self.train_rows = np.asarray(train_rows, dtype=np.int64)
         self.window_rows = window_rows
         self.prefetch_bytes = prefetch_bytes
-        self.waits = 0
-        """Mini-batches the training thread had to wait for (the reader fell behind), over all epochs."""
-        self.wait_seconds = 0.0
-        """Seconds the training thread waited for the reader, over all epochs."""
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -581,8 +577,6 @@ class _Epoch:
         finally:
             ready.close()
             data.serve(None, None)
-            owner.waits += waits
-            owner.wait_seconds += wait_seconds
             if owner.echo and served:
                 print(
                     f"read ahead from disk: {served:,} mini-batches, {len(self.windows):,} windows; training waited "

@@ -53,8 +53,9 @@ class GeneSelector:
         """The block's float32 values over the model's genes (CSR for CSR input, else dense).
 
         Indexes by the block's column indices and row pointers, and hands them to scipy's compiled kernels:
-        it runs only on blocks from :meth:`model.h5ad.H5adRows.read`, whose structure
-        :func:`model.sparse.check_csr_structure` has guaranteed.
+        it runs only on blocks from :meth:`model.h5ad.H5adRows.read` or
+        :class:`service.scoring.in_memory.MatrixRows`, whose structure :func:`model.sparse.check_csr_structure`
+        has guaranteed.
         """
         if block.is_sparse:
             data, indices, indptr = block.values, block.indices, block.indptr

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from model.errors import InputError
 from model.h5ad import RowBlock
 from model.predict import Predictor
+from model.sparse import check_csr_structure
 from service.scoring.executors import score_locally
 from service.scoring.inputs import PreparedInput, prepare_rows
 from service.scoring.job import DEFAULT_CHUNK_SIZE
@@ -32,6 +33,12 @@ class MatrixRows:
     def __init__(self, matrix: Any, cell_ids: np.ndarray, path: Path) -> None:
         if sp.issparse(matrix):
             matrix = sp.csr_matrix(matrix)
+            # a scipy matrix built from (data, indices, indptr) is not fully checked by scipy: the gene
+            # remapping of the scoring blocks indexes by these arrays
+            check_csr_structure(
+                matrix.indptr, matrix.indices, matrix.data, matrix.shape, what=f"the matrix of {path}",
+                fix="rebuild it from valid (data, indices, indptr) arrays",
+            )
         elif isinstance(matrix, np.ndarray | np.matrix) and np.ndim(matrix) == 2:
             matrix = np.asarray(matrix)
         else:
