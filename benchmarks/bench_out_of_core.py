@@ -8,7 +8,7 @@ pool of ``--pool`` distinct cells drawn by it, written lab after lab (``--labs``
 each cycling through the pool from its own offset) straight into anndata's on-disk CSR layout with
 h5py. Reading, gene selection and training cost the same as for distinct cells.
 
-The real command trains on it, ``python -m cli train ATLAS --data-mode {args.data_mode}`` with the default model
+The real command trains on it, ``python -m cli train ATLAS --data-mode MODE`` with the default model
 and config (``--epochs``, one lab held out), pinned to 2 cores (``taskset``) with the default torch threads; its
 peak RSS (sampled from ``/proc`` every 50 ms), the data-mode line it printed, its wall time, the
 training cells per second of each epoch (from ``history.json``: training steps plus the epoch's
@@ -39,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +49,7 @@ import numpy as np
 import pandas as pd
 from anndata.io import write_elem
 
+from benchmarks.bench_scoring import TreeRssSampler
 from benchmarks.docs_section import replace_section
 from training.synthetic import write_synthetic_h5ad
 
@@ -59,7 +59,6 @@ SECTION_START = "<!-- bench_out_of_core:start -->"
 SECTION_END = "<!-- bench_out_of_core:end -->"
 GOAL_CELLS_PER_S = 20_000
 GOAL_PEAK_RSS = 3 * 10**9
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def write_atlas(path: Path, pool: Path, n_cells: int, n_labs: int) -> dict[str, float]:
@@ -111,49 +110,6 @@ def write_atlas(path: Path, pool: Path, n_cells: int, n_labs: int) -> dict[str, 
     return {"nnz": float(nnz), "file_gib": path.stat().st_size / 2**30}
 
 
-class TreeRss:
-    """Peak resident memory of a process and its children, sampled from ``/proc``."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _tree(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as handle:
-                        parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                children.setdefault(parent, []).append(int(entry))
-        pids, todo = [], [self.pid]
-        while todo:
-            pid = todo.pop()
-            pids.append(pid)
-            todo.extend(children.get(pid, []))
-        return pids
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            for pid in self._tree():
-                try:
-                    with open(f"/proc/{pid}/statm") as handle:
-                        total += int(handle.read().split()[1]) * PAGE_SIZE
-                except (OSError, IndexError, ValueError):
-                    continue
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.05)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
 def run_training(
     atlas: Path, work: Path, epochs: int, data_mode: str = "auto", settings: Sequence[str] = ()
 ) -> dict[str, Any]:
@@ -173,7 +129,7 @@ def run_training(
     started = time.perf_counter()
     with open(log, "w") as handle:
         process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
-        sampler = TreeRss(process.pid)
+        sampler = TreeRssSampler(process.pid, 0.05)
         code = process.wait()
     wall = time.perf_counter() - started
     peak = sampler.stop()
@@ -203,8 +159,8 @@ def run_training(
 def step_ceiling(n_genes: int = 2000, steps: int = 400) -> dict[str, float]:
     """Cells per second of the default model's training steps on cached in-memory inputs (no reading)."""
     import scipy.sparse as sp
-    import torch
 
+    from model.threads import torch_threads
     from training.config import TrainConfig
     from training.data import LabeledData
     from training.trainer import Trainer
@@ -223,9 +179,7 @@ def step_ceiling(n_genes: int = 2000, steps: int = 400) -> dict[str, float]:
     trainer.average_start = 0  # weight averaging on, as in the late part of a default run
     size = config.batch_size
     batches = [np.arange(start, start + size) for start in range(0, n_cells - size, size)]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, config.cpu_threads))
-    try:
+    with torch_threads(max(1, config.cpu_threads)):
         for rows in batches[:20]:
             trainer.train_step(rows)
         load = os.getloadavg()
@@ -233,8 +187,6 @@ def step_ceiling(n_genes: int = 2000, steps: int = 400) -> dict[str, float]:
         for index in range(steps):
             trainer.train_step(batches[index % len(batches)])
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    finally:
-        torch.set_num_threads(previous)
     return {
         "cells_per_s": steps * size / wall, "cpu_cells_per_s": steps * size / cpu, "batch_size": size,
         "threads": max(1, config.cpu_threads), "load": list(load),
