@@ -148,7 +148,8 @@ class RowBlock:
         return sp.csr_matrix((data, indices, indptr), shape=(self.n_rows, n_columns))
 
 
-def _decode(value: Any) -> str:
+def decode_text(value: Any) -> str:
+    """An HDF5 attribute or string value as ``str`` (h5py gives ``bytes`` for some)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -239,7 +240,7 @@ class H5adRows:
             self._dense = element
             self.n_cells, self.n_genes = (int(n) for n in element.shape)
             return
-        encoding = _decode(element.attrs.get("encoding-type", element.attrs.get("h5sparse_format", "")))
+        encoding = decode_text(element.attrs.get("encoding-type", element.attrs.get("h5sparse_format", "")))
         if encoding in ("csc_matrix", "csc") and not allow_csc:
             raise InputError(
                 f"{self.name}: {name} is stored column by column (CSC), which cannot be read by cells; "
@@ -306,8 +307,8 @@ class H5adRows:
 
     def _obs_index(self) -> h5py.Dataset | np.ndarray:
         obs = self._file.get("obs")
-        if isinstance(obs, h5py.Group) and "_index" in obs.attrs and _decode(obs.attrs["_index"]) in obs:
-            names = obs[_decode(obs.attrs["_index"])]
+        if isinstance(obs, h5py.Group) and "_index" in obs.attrs and decode_text(obs.attrs["_index"]) in obs:
+            names = obs[decode_text(obs.attrs["_index"])]
         else:
             names = np.asarray(self.obs_frame().index.astype(str), dtype=object)
         if names.ndim != 1 or names.shape[0] != self.n_cells:

@@ -438,7 +438,7 @@ class NoveltyDetector:
     """A novelty scorer with its threshold: cells scoring above ``threshold`` are unlike training.
 
     Attributes:
-        scorer: the fitted scorer; ``scorer.input`` says whether it takes hidden features or logits.
+        scorer: the fitted scorer; ``scorer.input`` says which features it takes (:data:`INPUT`, :data:`HIDDEN` or :data:`LOGITS`).
         threshold: scores above it are novel (``inf`` until :meth:`calibrate`).
         quantile: the validation quantile the threshold was taken at (``None`` when set by hand).
         info: JSON-ready facts about the fit (cell counts), stored with the detector.
@@ -456,7 +456,7 @@ class NoveltyDetector:
 
     @property
     def input(self) -> str:
-        """:data:`HIDDEN` or :data:`LOGITS`: what :meth:`score` expects."""
+        """:data:`INPUT`, :data:`HIDDEN` or :data:`LOGITS`: what :meth:`score` expects."""
         return self.scorer.input
 
     @classmethod

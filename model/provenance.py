@@ -17,6 +17,7 @@ metadata (JSON), and a sidecar ``OUT.csv.json`` beside a CSV file.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import re
 from datetime import UTC, datetime
@@ -36,6 +37,12 @@ MODEL_SOURCE_KEYS = ("uri", "name", "version", "alias", "run_id")
 _URI_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 
+def redact_uri(value: Any) -> Any:
+    """``value`` with any ``user:password@`` removed from URIs inside it (strings only; others pass)."""
+    return _URI_CREDENTIALS.sub("", value) if isinstance(value, str) else value
+
+
+@functools.cache
 def celltype_version() -> str:
     """The installed celltype package's version (``"unknown"`` when run from a source tree not installed)."""
     try:
@@ -48,7 +55,7 @@ def model_facts(bundle: ModelBundle, source: dict[str, Any]) -> dict[str, Any]:
     """The record's ``model``: the known registry facts of ``source`` and the bundle digest as ``sha256``."""
     facts = {key: source[key] for key in MODEL_SOURCE_KEYS if source.get(key) is not None}
     if "uri" in facts:
-        facts["uri"] = _URI_CREDENTIALS.sub("", str(facts["uri"]))
+        facts["uri"] = redact_uri(str(facts["uri"]))
     facts["sha256"] = bundle.sha256 or source.get("bundle_sha256")
     return facts
 

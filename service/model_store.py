@@ -9,7 +9,6 @@ not load is refused and the current model keeps serving.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,10 +17,9 @@ from typing import Any
 
 from model.errors import CellTypeError
 from model.predict import Predictor
+from model.provenance import redact_uri
 
 logger = logging.getLogger(__name__)
-
-_URI_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 SUMMARY_KEYS = ("name", "version", "alias", "run_id", "uri", "bundle_sha256")
 """The keys identifying a served model in responses, logs and metrics."""
@@ -37,11 +35,6 @@ class ReloadInProgressError(CellTypeError):
 
 class NoModelConfiguredError(CellTypeError):
     """The service was started without a model URI, so there is nothing to (re)load."""
-
-
-def redact_uri(value: Any) -> Any:
-    """``value`` with any ``user:password@`` removed from URIs inside it (strings only; others pass)."""
-    return _URI_CREDENTIALS.sub("", value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from anndata.io import write_elem
 
 from model.bundle import UNKNOWN_LABEL
 from model.errors import CellTypeError, InputError
+from model.h5ad import decode_text
 from model.novelty import UNKNOWN_REASONS
 from model.outputs import (
     CELL_ID_COLUMN,
@@ -212,10 +213,6 @@ class ChunkResult:
         return pd.DataFrame(data)
 
 
-def _decode(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def output_suffix(path: Path) -> str:
     """The output format of ``path`` (one of :data:`OUTPUT_SUFFIXES`), or raise :class:`ScoringError`."""
     suffix = path.suffix.lower()
@@ -271,7 +268,7 @@ class ObsColumnsWriter:
         shutil.copyfile(source, target)
         self._file = h5py.File(target, "r+")
         obs = self._file["obs"]
-        if not isinstance(obs, h5py.Group) or _decode(obs.attrs.get("encoding-type", "")) != "dataframe":
+        if not isinstance(obs, h5py.Group) or decode_text(obs.attrs.get("encoding-type", "")) != "dataframe":
             self._file.close()
             raise InputError(
                 f"{source}: obs is stored in a legacy layout that cannot be extended in place; re-save the "
@@ -295,7 +292,7 @@ class ObsColumnsWriter:
                 self._datasets[name] = self._array(group, "codes", n_cells, np.int8 if reasons else code_dtype)
             else:
                 self._datasets[name] = self._array(obs, name, n_cells, np.float32)
-        order = [_decode(c) for c in np.atleast_1d(obs.attrs.get("column-order", np.array([], dtype=object)))]
+        order = [decode_text(c) for c in np.atleast_1d(obs.attrs.get("column-order", np.array([], dtype=object)))]
         new = set(columns.names())
         obs.attrs["column-order"] = np.asarray(
             [c for c in order if c not in new] + columns.names(), dtype=object

@@ -43,7 +43,7 @@ from anndata.io import read_elem
 
 from model.errors import GeneMismatchError, InputError, InputKindError
 from model.genes import identifier_columns
-from model.h5ad import H5adRows
+from model.h5ad import H5adRows, decode_text
 from model.preprocessing import Preprocessing, check_values, detect_input_kind, to_model_input
 from training.gene_identifiers import shared_identifiers
 
@@ -635,20 +635,16 @@ def _read_obs(element: h5py.Group | h5py.Dataset, wanted: Sequence[str]) -> tupl
     Only those columns are read: an atlas' ``obs`` often holds dozens of per-cell columns that training
     never uses. Tables not in anndata's group layout are read whole.
     """
-    index_key = _decode(element.attrs.get("_index", "")) if isinstance(element, h5py.Group) else ""
+    index_key = decode_text(element.attrs.get("_index", "")) if isinstance(element, h5py.Group) else ""
     if not index_key or index_key not in element:
         obs = read_elem(element)
         return obs, [str(c) for c in obs.columns]
     order = element.attrs.get("column-order", [])
     order = [order] if isinstance(order, str | bytes) else (order.tolist() if hasattr(order, "tolist") else order)
-    columns = [_decode(c) for c in order]
+    columns = [decode_text(c) for c in order]
     data = {key: read_elem(element[key]) for key in dict.fromkeys(wanted) if key in columns and key in element}
     index = pd.Index(np.asarray(read_elem(element[index_key])).astype(str))
     return pd.DataFrame(data, index=index), columns
-
-
-def _decode(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _text_column(

@@ -8,7 +8,6 @@ write, publish). The loop itself is :class:`training.trainer.Trainer`.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 from model.bundle import ModelBundle
 from model.errors import InputError
 from model.predict import resolve_device
+from model.provenance import celltype_version
 from model.threads import torch_threads
 from training.augment import augmenter_from_config
 from training.calibration import fit_temperature, softmax
@@ -55,13 +55,6 @@ class TrainingRun:
     fit: FitResult
     metrics: dict[str, Any]
     reports: dict[str, dict[str, Any]]
-
-
-def _celltype_version() -> str:
-    try:
-        return importlib.metadata.version("celltype")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _plot_data(truth: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +193,7 @@ def train_model(
         "validation_scores": summary(metrics["validation"]) if metrics["validation"] else None,
         "n_cells_train": int(len(split.train)),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "celltype_version": _celltype_version(),
+        "celltype_version": celltype_version(),
         "training_config": config.to_dict(),
     }
     bundle = ModelBundle.from_model(

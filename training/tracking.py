@@ -13,7 +13,6 @@ it later.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from typing import Any
 
 from model.bundle import ModelBundle, load_bundle
 from model.errors import CellTypeError, InputError
+from model.provenance import celltype_version
 from model.registry.fetch import TAG_BUNDLE_SHA256, TAG_GENE_LIST_HASH, alias_holder, get_model_version
 from model.registry.store import (
     RegistryUnavailableError,
@@ -267,12 +267,7 @@ def _joined(value: Any) -> str | None:
 
 def _celltype_version(bundle: ModelBundle) -> str:
     recorded = bundle.metadata.get("celltype_version")
-    if recorded:
-        return str(recorded)
-    try:
-        return importlib.metadata.version("celltype")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return str(recorded) if recorded else celltype_version()
 
 
 def version_tags(output: TrainingOutput) -> dict[str, str]:
