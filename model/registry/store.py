@@ -128,6 +128,11 @@ def _check_database_port(tracking_uri: str, scheme: str) -> None:
         ) from None
 
 
+SERVER_FAILURE_CODES = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR")
+"""MLflow error codes of a server answering 5xx: older MLflow clients retried those and then raised "API
+request ... failed with exception"; MLflow 3.18 raises the server's error code at once."""
+
+
 def is_unavailability(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) means the store could not be reached or answered with 5xx."""
     import requests
@@ -143,7 +148,7 @@ def is_unavailability(exc: BaseException) -> bool:
         if isinstance(current, (OperationalError, InterfaceError, ConnectionError, TimeoutError)):
             return True
         if isinstance(current, MlflowException) and (
-            current.error_code == "TEMPORARILY_UNAVAILABLE"
+            current.error_code in SERVER_FAILURE_CODES
             or re.search(r"API request to \S+ failed with (exception|timeout)", current.message)
         ):
             return True
