@@ -132,24 +132,19 @@ def ledoit_wolf_covariance(centered: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _check_features(features: np.ndarray, width: int | None = None) -> np.ndarray:
-    array = np.asarray(features, dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(f"features must be a 2-d (cells x features) array, got shape {array.shape}")
-    if width is not None and array.shape[1] != width:
-        raise ValueError(f"features have {array.shape[1]} columns but the detector was fitted on {width}")
-    if not np.isfinite(array).all():
-        raise ValueError("features contain NaN or infinite values")
-    return array
+    """``features`` checked by :func:`_checked_floats`, as float64."""
+    return np.asarray(_checked_floats(features, width), dtype=np.float64)
 
 
 def _checked_floats(features: np.ndarray, width: int | None = None) -> np.ndarray:
-    """:func:`_check_features` without the conversion: a float array as given (float32 stays float32).
+    """``features`` as a 2-d float array of ``width`` columns without NaN or infinities, else ValueError.
 
-    Finiteness is the same in float32 and float64, so checking the (half as large) input is enough.
+    A float array is returned as given (float32 stays float32: finiteness is the same in float64, so the
+    half as large input is what gets checked); others are converted to float64 first.
     """
     source = np.asarray(features)
     if source.dtype.kind != "f":
-        return _check_features(source, width)
+        source = source.astype(np.float64)
     if source.ndim != 2:
         raise ValueError(f"features must be a 2-d (cells x features) array, got shape {source.shape}")
     if width is not None and source.shape[1] != width:
